@@ -1,0 +1,341 @@
+"""Writing dumps (SPEC.md sections 3-9): records appended in order, index flushed incrementally, crash-safe."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from . import dtypes
+from .errors import CaptureError
+from .h5util import PARTIAL_SUFFIX, load_compression_plugins, write_json_dataset
+from .keys import RecordKey
+from .manifest import Manifest
+from .records import INDEX_DTYPE, STORAGE_KINDS, RecordInfo
+from .stats import StatsAccumulator, TensorStats, compute_stats
+from .version import DUMP_FORMAT, FORMAT_VERSION
+
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+DEFAULT_CHUNK_BYTES = 4 << 20
+_INDEX_FLUSH_ROWS = 256
+
+
+def chunk_shape(shape: tuple, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple:
+    """A C-order chunk shape of at most ``target_bytes``: whole trailing dimensions, then part of the next one."""
+    chunk = [1] * len(shape)
+    size = itemsize
+    for axis in range(len(shape) - 1, -1, -1):
+        dim = max(int(shape[axis]), 1)
+        if size * dim <= target_bytes:
+            chunk[axis] = dim
+            size *= dim
+        else:
+            chunk[axis] = max(1, target_bytes // size)
+            break
+    return tuple(chunk)
+
+
+def _compression_kwargs(name: str) -> dict:
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1}
+    load_compression_plugins()
+    import hdf5plugin
+    return dict(hdf5plugin.LZ4() if name == "lz4" else hdf5plugin.Zstd(clevel=1))
+
+
+class DumpWriter:
+    """Write one dump file. Use as a context manager; the file appears under its final name only on success.
+
+    The data goes to ``<path>.partial`` first. ``close()`` flushes the index, sets the root ``state`` attribute to
+    ``complete`` (last), closes and fsyncs the file, then renames it into place without ever replacing an existing
+    file. When the ``with`` block raises, the partial file is removed and nothing appears under the final name.
+
+    Args:
+        path: the final file name (conventionally ``*.h5``).
+        manifest: how the dump was made.
+        compression: ``none`` (default), ``lz4``, ``zstd`` or ``gzip``; recorded in the file.
+        chunk_bytes: target chunk size for large tensors.
+
+    Raises:
+        CaptureError: the final file already exists, a leftover partial file is in the way, or the folder is not
+            writable.
+    """
+
+    def __init__(self, path: str | os.PathLike, manifest: Manifest, *, compression: str = "none",
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+        self.path = os.fspath(path)
+        self.partial_path = self.path + PARTIAL_SUFFIX
+        self.manifest = manifest
+        self.compression = compression
+        self.chunk_bytes = int(chunk_bytes)
+        self._filter = _compression_kwargs(compression)
+        self._rows: list[tuple] = []
+        self._keys: set[RecordKey] = set()
+        self._seq = 0
+        self._arrays: set[str] = set()
+        self._closed = False
+        if os.path.exists(self.path):
+            raise CaptureError("a dump already exists under this name", self.path,
+                               "choose another output name; tensorparity never overwrites a dump")
+        if os.path.exists(self.partial_path):
+            raise CaptureError("an unfinished dump is in the way", self.partial_path,
+                               "if no other capture is writing it, it was left by a killed writer: delete it")
+        try:
+            fd = os.open(self.partial_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            self._file = h5py.File(self.partial_path, "w")
+        except OSError as exc:
+            raise _write_error(exc, self.partial_path) from None
+        f = self._file
+        f.attrs["format"] = DUMP_FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["state"] = "writing"
+        f.attrs["compression"] = compression
+        write_json_dataset(f, "manifest", manifest.to_json())
+        self._index = f.create_dataset("index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE,
+                                       chunks=(_INDEX_FLUSH_ROWS,))
+        self._data = f.create_group("data")
+
+    # -- records -------------------------------------------------------------------------------------------------
+
+    def add(self, key: RecordKey, array: np.ndarray, *, dtype: str | None = None, stats: TensorStats | None = None,
+            module_type: str = "", storage: str = "full", reduction: dict | None = None,
+            orig_shape: tuple | None = None, aux: np.ndarray | None = None, meta: dict | None = None) -> RecordInfo:
+        """Append a record holding tensor data.
+
+        Args:
+            key: the record's key (unique within the dump).
+            array: the data, in its native dtype (or bit patterns with ``dtype`` naming the logical type).
+            dtype: logical dtype, required for bit patterns (``bfloat16``, ``float8_*``) held in uint arrays.
+            stats: statistics of the whole captured tensor when the caller has them (e.g. computed on the device);
+                computed from ``array`` otherwise (only valid when nothing was reduced away).
+            storage: ``full``, ``slice`` or ``topk``; reduction: its parameters; orig_shape: the shape before it.
+            aux: a second array stored with the record (the indices of a top-k record).
+            meta: backend-specific details (JSON-serialisable).
+        """
+        if storage not in STORAGE_KINDS or storage == "stats":
+            raise ValueError(f"storage must be full, slice or topk for a record with data, not {storage!r}")
+        array = np.asarray(array)
+        logical = dtypes.logical_of(array, dtype)
+        stored = dtypes.to_storage(array, logical)
+        if stats is None:
+            if storage != "full":
+                raise ValueError("statistics of the whole tensor are needed for a reduced record")
+            stats = compute_stats(dtypes.decode(stored, logical))
+        name = self._data_name()
+        self._write_dataset(name, stored, logical)
+        aux_name = ""
+        if aux is not None:
+            aux_name = name + "_aux"
+            aux_arr = np.asarray(aux)
+            self._write_dataset(aux_name, aux_arr, dtypes.logical_of(aux_arr))
+        return self._append(RecordInfo(
+            key=key, seq=0, module_type=module_type, dtype=logical, shape=tuple(stored.shape),
+            orig_shape=tuple(orig_shape) if orig_shape is not None else tuple(stored.shape), storage=storage,
+            reduction=reduction or {}, data=name, aux=aux_name, stats=stats, meta=meta or {}))
+
+    def add_stats(self, key: RecordKey, stats: TensorStats, *, dtype: str, shape: tuple, module_type: str = "",
+                  meta: dict | None = None) -> RecordInfo:
+        """Append a statistics-only record (no tensor data)."""
+        dtypes.storage_dtype(dtype)  # validates the name
+        return self._append(RecordInfo(
+            key=key, seq=0, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
+            storage="stats", data="", stats=stats, meta=meta or {}))
+
+    @contextlib.contextmanager
+    def stream(self, key: RecordKey, shape: tuple, dtype: str, *, module_type: str = "",
+               meta: dict | None = None) -> Iterator["RecordStream"]:
+        """Append a record whose data arrives in pieces along the first axis (tensors larger than memory).
+
+        Yields a ``RecordStream``; call ``write(chunk)`` with consecutive slabs ``[a:b, ...]``. The record is added
+        when the block exits and every row was written.
+        """
+        storage = dtypes.storage_dtype(dtype)
+        if len(shape) == 0:
+            raise ValueError("a 0-d tensor cannot be streamed; use add()")
+        name = self._data_name()
+        ds = self._create_dataset(name, tuple(shape), storage, dtype)
+        rs = RecordStream(ds, dtype, tuple(shape))
+        yield rs
+        if rs.rows_written != shape[0]:
+            raise ValueError(f"stream for {key} wrote {rs.rows_written} of {shape[0]} rows")
+        self._append(RecordInfo(
+            key=key, seq=0, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
+            storage="full", data=name, stats=rs.acc.result(), meta=meta or {}))
+
+    def add_array(self, name: str, array: np.ndarray) -> None:
+        """Store a named auxiliary array under /arrays (e.g. ``generated_tokens.s0``); names are unique."""
+        if not name or "/" in name or name in self._arrays:
+            raise ValueError(f"invalid or duplicate array name {name!r}")
+        arrays = self._file.require_group("arrays")
+        array = np.asarray(array)
+        arrays.create_dataset(name, data=dtypes.to_storage(array, dtypes.logical_of(array)))
+        self._arrays.add(name)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish the dump: flush the index, mark it complete, close, fsync, and rename it into place."""
+        if self._closed:
+            return
+        try:
+            self._flush_index()
+            self._file.attrs["record_count"] = self._seq
+            self._file.attrs["state"] = "complete"  # set last: nothing earlier can look complete
+            self._file.flush()
+            self._file.close()
+            _fsync_path(self.partial_path)
+        except OSError as exc:
+            self.abort()
+            raise _write_error(exc, self.path) from None
+        self._closed = True
+        _rename_no_clobber(self.partial_path, self.path)
+
+    def abort(self) -> None:
+        """Close and remove the partial file; nothing appears under the final name."""
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.partial_path)
+
+    def __enter__(self) -> "DumpWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @property
+    def record_count(self) -> int:
+        """Records appended so far."""
+        return self._seq
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _data_name(self) -> str:
+        return f"data/r{self._seq:08d}"
+
+    def _append(self, info: RecordInfo) -> RecordInfo:
+        if info.key in self._keys:
+            raise ValueError(f"duplicate record key {info.key}")
+        self._keys.add(info.key)
+        info = RecordInfo(**{**info.__dict__, "seq": self._seq})
+        self._seq += 1
+        self._rows.append(info.to_row())
+        if len(self._rows) >= _INDEX_FLUSH_ROWS:
+            self._flush_index()
+        return info
+
+    def _flush_index(self) -> None:
+        if not self._rows:
+            return
+        rows = np.array(self._rows, dtype=INDEX_DTYPE)
+        n = self._index.shape[0]
+        try:
+            self._index.resize((n + len(rows),))
+            self._index[n:] = rows
+        except OSError as exc:
+            raise _write_error(exc, self.partial_path) from None
+        self._rows.clear()
+
+    def _create_dataset(self, name: str, shape: tuple, storage: np.dtype, logical: str) -> h5py.Dataset:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
+        kwargs = {}
+        if shape and nbytes > 0 and (nbytes > self.chunk_bytes or self._filter):
+            kwargs = {"chunks": chunk_shape(shape, storage.itemsize, self.chunk_bytes), **self._filter}
+        try:
+            ds = self._file.create_dataset(name, shape=shape, dtype=storage, **kwargs)
+        except OSError as exc:
+            raise _write_error(exc, self.partial_path) from None
+        if logical != storage.name:
+            ds.attrs["dtype"] = logical
+        return ds
+
+    def _write_dataset(self, name: str, stored: np.ndarray, logical: str) -> None:
+        ds = self._create_dataset(name, tuple(stored.shape), stored.dtype, logical)
+        if stored.size:
+            try:
+                ds.write_direct(np.ascontiguousarray(stored))
+            except OSError as exc:
+                raise _write_error(exc, self.partial_path) from None
+
+
+class RecordStream:
+    """Writes one record's data slab by slab along the first axis, accumulating its statistics."""
+
+    def __init__(self, ds: h5py.Dataset, logical: str, shape: tuple):
+        self._ds = ds
+        self._logical = logical
+        self._shape = shape
+        self.rows_written = 0
+        self.acc = StatsAccumulator()
+
+    def write(self, chunk: np.ndarray) -> None:
+        """Write the next rows; ``chunk.shape[1:]`` must equal the record's trailing shape."""
+        chunk = dtypes.to_storage(np.asarray(chunk), self._logical)
+        if chunk.shape[1:] != self._shape[1:]:
+            raise ValueError(f"chunk shape {chunk.shape} does not fit record shape {self._shape}")
+        end = self.rows_written + chunk.shape[0]
+        if end > self._shape[0]:
+            raise ValueError(f"stream overflows the declared {self._shape[0]} rows")
+        self._ds[self.rows_written:end] = chunk
+        self.acc.update(dtypes.decode(chunk, self._logical))
+        self.rows_written = end
+
+
+def _write_error(exc: OSError, path: str) -> CaptureError:
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOSPC or "No space left" in text:
+        return CaptureError("the disk is full; the dump was not written", path, "free space or write elsewhere")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower():
+        return CaptureError("the output folder is not writable; the dump was not written", path,
+                            "choose a folder you can write to")
+    if code == errno.ENOENT:
+        return CaptureError("the output folder does not exist", path, "create it first")
+    return CaptureError(f"cannot write the dump ({text.splitlines()[0] if text else type(exc).__name__})", path)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_no_clobber(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst`` atomically, failing (never replacing) when ``dst`` exists."""
+    try:
+        os.link(src, dst)  # atomic and refuses an existing target
+    except FileExistsError:
+        raise CaptureError("a dump appeared under this name while writing", dst,
+                           f"yours is kept as {src}; rename it by hand") from None
+    except OSError:  # filesystems without hard links (some SMB mounts)
+        if os.path.exists(dst):
+            raise CaptureError("a dump appeared under this name while writing", dst,
+                               f"yours is kept as {src}; rename it by hand") from None
+        os.rename(src, dst)
+        _fsync_dir(dst)
+        return
+    os.unlink(src)
+    _fsync_dir(dst)
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
