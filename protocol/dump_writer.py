@@ -57,7 +57,7 @@ class DumpWriter:
 
     Args:
         path: the final file name (conventionally ``*.h5``).
-        manifest: how the dump was made.
+        manifest: how the dump was made; ``writer.manifest`` may be replaced or edited until ``close()``.
         compression: ``none`` (default), ``lz4``, ``zstd`` or ``gzip``; recorded in the file.
         chunk_bytes: target chunk size for large tensors.
 
@@ -187,6 +187,8 @@ class DumpWriter:
             return
         try:
             self._flush_index()
+            del self._file["manifest"]  # the final manifest (a capture may add results, e.g. a perturbation check)
+            write_json_dataset(self._file, "manifest", self.manifest.to_json())
             self._file.attrs["record_count"] = self._seq
             self._file.attrs["state"] = "complete"  # set last: nothing earlier can look complete
             self._file.flush()
