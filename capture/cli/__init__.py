@@ -1,0 +1,1 @@
+"""capture/ commands of the root ``parity`` CLI (loaded lazily by analyze/cli/main.py)."""

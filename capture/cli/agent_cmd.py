@@ -1,0 +1,68 @@
+"""``parity agent ROOT --label L``: the capture agent daemon of a shared folder."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from protocol import COMPRESSIONS
+from protocol.jobs import BACKENDS
+
+
+def _log_to_stderr(name: str) -> None:
+    """One timestamped line per event on stderr, whatever the root logger's level (a daemon's log is its output)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+@click.command("agent")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--label", required=True, help="The label this agent captures (jobs name it), e.g. cpu-fp32.")
+@click.option("--device", default="cpu", show_default=True, help="Device, unless the job's target says otherwise.")
+@click.option("--dtype", default="float32", show_default=True, help="Dtype, unless the job's target says otherwise.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Backend to run instead of the job's default (a job's per-label target still wins).")
+@click.option("--provider", default=None, help="ONNX Runtime execution provider (onnx/genai backends).")
+@click.option("--attn-implementation", default=None, help="transformers attention implementation (torch backend).")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True)
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+              help="Seconds between scans of ROOT/jobs when idle.")
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="Take over a running claim whose heartbeat is older than this many seconds.")
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds between heartbeats [default: timeout/4, at most 10].")
+@click.option("--once", is_flag=True, help="Process what can be claimed now, then exit (tests, cron).")
+def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation, compression, poll_interval,
+              heartbeat_timeout, heartbeat_interval, once):
+    """Capture the jobs of shared folder ROOT that name --label, one at a time, until stopped.
+
+    Each job is claimed exclusively in ROOT/claims/<run>/<label>.json (several agents of one label never capture a
+    job twice), heartbeats while it runs, and its dump appears as ROOT/dumps/<run>/<label>.h5. A claim whose
+    heartbeat is older than --heartbeat-timeout is taken over. SIGTERM abandons the running job cleanly (its claim
+    says "abandoned"; a restarted agent resumes it). One log line per job.
+
+    Example:
+
+        parity agent /mnt/parity --label cpu-bf16 --device cpu --dtype bfloat16
+    """
+    from capture.agent import Agent, AgentSettings
+    _log_to_stderr("capture.agent")
+    agent = Agent(AgentSettings(root=root, label=label, device=device, dtype=dtype, backend=backend,
+                                provider=provider, attn_implementation=attn_implementation, compression=compression,
+                                poll_interval=poll_interval, heartbeat_timeout=heartbeat_timeout,
+                                heartbeat_interval=heartbeat_interval, once=once))
+    previous = {sig: signal.signal(sig, agent.handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        agent.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logging.getLogger("capture.agent").info("agent stopped: %d job(s) done, %d failed", agent.processed,
+                                            agent.failed)
