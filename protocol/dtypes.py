@@ -67,7 +67,7 @@ def to_storage(array: np.ndarray, logical: str) -> np.ndarray:
     if array.dtype == want:
         return array
     if logical in BIT_PATTERN_TYPES:
-        return np.ascontiguousarray(array).view(want)
+        return np.ascontiguousarray(array).view(want).reshape(array.shape)  # ascontiguousarray makes 0-d 1-d
     return array.astype(want, copy=False)
 
 
@@ -116,7 +116,8 @@ def bfloat16_bits(values: np.ndarray) -> np.ndarray:
 
     Used by tests and by backends that hand over float32 tensors of a bfloat16 computation.
     """
-    f = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    values = np.asarray(values, dtype=np.float32)
+    f = np.ascontiguousarray(values).view(np.uint32).reshape(values.shape)  # ascontiguousarray makes 0-d 1-d
     nan = (f & 0x7FFFFFFF) > 0x7F800000
     rounded = (f + 0x7FFF + ((f >> 16) & 1)) >> 16
     return np.where(nan, (f >> 16) | 0x40, rounded).astype(np.uint16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import h5py
@@ -21,6 +22,9 @@ from .version import DUMP_FORMAT, FORMAT_VERSION
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
 DEFAULT_CHUNK_BYTES = 4 << 20
 _INDEX_FLUSH_ROWS = 256
+#: Records at least this large get their statistics computed on a helper thread while h5py writes them (h5py
+#: releases the GIL during H5Dwrite and numpy during its loops, so the two overlap on two cores).
+_PARALLEL_STATS_BYTES = 4 << 20
 
 
 def chunk_shape(shape: tuple, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple:
@@ -81,6 +85,7 @@ class DumpWriter:
         self._seq = 0
         self._arrays: set[str] = set()
         self._closed = False
+        self._pool: ThreadPoolExecutor | None = None
         if os.path.exists(self.path):
             raise CaptureError("a dump already exists under this name", self.path,
                                "choose another output name; tensorparity never overwrites a dump")
@@ -125,12 +130,21 @@ class DumpWriter:
         array = np.asarray(array)
         logical = dtypes.logical_of(array, dtype)
         stored = dtypes.to_storage(array, logical)
+        pending: Future | None = None
         if stats is None:
             if storage != "full":
                 raise ValueError("statistics of the whole tensor are needed for a reduced record")
-            stats = compute_stats(dtypes.decode(stored, logical))
+            values = dtypes.decode(stored, logical)
+            if stored.nbytes >= _PARALLEL_STATS_BYTES:
+                pending = self._stats_pool().submit(compute_stats, values)
+            else:
+                stats = compute_stats(values)
         name = self._data_name()
-        self._write_dataset(name, stored, logical)
+        try:
+            self._write_dataset(name, stored, logical)
+        finally:
+            if pending is not None:
+                stats = pending.result()
         aux_name = ""
         if aux is not None:
             aux_name = name + "_aux"
@@ -163,9 +177,14 @@ class DumpWriter:
         name = self._data_name()
         ds = self._create_dataset(name, tuple(shape), storage, dtype)
         rs = RecordStream(ds, dtype, tuple(shape))
-        yield rs
-        if rs.rows_written != shape[0]:
-            raise ValueError(f"stream for {key} wrote {rs.rows_written} of {shape[0]} rows")
+        try:
+            yield rs
+            if rs.rows_written != shape[0]:
+                raise ValueError(f"stream for {key} wrote {rs.rows_written} of {shape[0]} rows")
+        except BaseException:
+            with contextlib.suppress(Exception):  # a failed stream leaves no dataset behind to clash with the next
+                del self._file[name]
+            raise
         self._append(RecordInfo(
             key=key, seq=0, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
             storage="full", data=name, stats=rs.acc.result(), meta=meta or {}))
@@ -198,11 +217,13 @@ class DumpWriter:
             self.abort()
             raise _write_error(exc, self.path) from None
         self._closed = True
+        self._stop_pool()
         _rename_no_clobber(self.partial_path, self.path)
 
     def abort(self) -> None:
         """Close and remove the partial file; nothing appears under the final name."""
         self._closed = True
+        self._stop_pool()
         with contextlib.suppress(Exception):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
@@ -223,6 +244,16 @@ class DumpWriter:
         return self._seq
 
     # -- internals -----------------------------------------------------------------------------------------------
+
+    def _stats_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dump-stats")
+        return self._pool
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _data_name(self) -> str:
         return f"data/r{self._seq:08d}"

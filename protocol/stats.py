@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-_BLOCK = 1 << 20  # elements per float64 block: keeps temporaries in cache and memory bounded
+_BLOCK = 1 << 18  # elements per float64 block (2 MB): stays in cache across the passes, memory bounded
 
 
 @dataclass(frozen=True)
@@ -54,32 +54,41 @@ class StatsAccumulator:
         """Add a chunk of (decoded, numeric) values of any shape."""
         flat = np.asarray(values).reshape(-1)
         self.numel += flat.size
-        for start in range(0, flat.size, _BLOCK):
-            self._update_block(flat[start:start + _BLOCK])
-
-    def _update_block(self, block: np.ndarray) -> None:
-        if block.dtype.kind == "f":
-            finite = np.isfinite(block)
-            if not finite.all():
-                nan = int(np.isnan(block).sum())
-                self.nan += nan
-                self.inf += int(block.size - finite.sum()) - nan
-                block = block[finite]
-        if block.size == 0:
+        if flat.size == 0:
             return
-        x = block.astype(np.float64, copy=False)
+        # one float64 scratch buffer per chunk, reused by every block: no allocation (and page faults) per block,
+        # and the block stays in cache across the few passes below
+        buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
+        for start in range(0, flat.size, _BLOCK):
+            block = flat[start:start + _BLOCK]
+            x = buf[:block.size]
+            np.copyto(x, block, casting="unsafe")  # exact, except 64-bit ints beyond 2**53 (rounded)
+            self._update_block(x)
+
+    def _update_block(self, x: np.ndarray) -> None:
+        """Fold in one float64 block (the scratch buffer: modified in place)."""
+        bmin, bmax = x.min(), x.max()
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):  # min/max propagate NaN, so both finite => all finite
+            finite = np.isfinite(x)
+            nan = int(np.isnan(x).sum())
+            self.nan += nan
+            self.inf += int(x.size - np.count_nonzero(finite)) - nan
+            x = x[finite]
+            if x.size == 0:
+                return
+            bmin, bmax = x.min(), x.max()
         n = x.size
-        bmin, bmax = float(x.min()), float(x.max())
         bmean = float(x.sum()) / n
-        d = x - bmean
-        bm2 = float(np.dot(d, d))
+        x -= bmean
+        # einsum rather than np.dot: a multi-threaded BLAS dot on a busy machine spins and runs ~50x slower
+        bm2 = float(np.einsum("i,i->", x, x))
         total = self.n + n
         delta = bmean - self.mean
         self.mean += delta * n / total
         self.m2 += bm2 + delta * delta * self.n * n / total
         self.n = total
-        self.min = min(self.min, bmin)
-        self.max = max(self.max, bmax)
+        self.min = min(self.min, float(bmin))
+        self.max = max(self.max, float(bmax))
 
     def result(self) -> TensorStats:
         """The statistics of everything added so far."""
