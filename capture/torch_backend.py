@@ -1,0 +1,234 @@
+"""The PyTorch capture backend: hooks on every module, over an input set, in forward, generate or teacher-forced mode.
+
+    backend = TorchBackend.from_pretrained("path/to/hf-folder", device="cpu", dtype="float32")
+    backend.capture(read_input_set("inputs.h5"), "cpu-fp32.h5", CaptureOptions(label="cpu-fp32"))
+
+Generate modes are greedy: step 0 is the prefill, step t the t-th decode with the KV cache; a fixed number of steps
+(no stop at EOS, so that two captures always have the same steps to pair). The tokens that were fed are stored as
+``generated_tokens.s<sample>``; a teacher-forced capture feeds the reference dump's tokens and also stores its own
+argmax as ``argmax_tokens.s<sample>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+
+import numpy as np
+import torch
+
+from protocol import CaptureError, InputSet, InputSetMismatchError, open_dump
+
+from .base import CaptureBackend, CaptureOptions, CaptureSummary
+from .flatten import flatten
+from .sink import RecordSink
+from .torch_hooks import ModuleSelection, logical_dtype, torch_capture
+from .torch_loading import (
+    describe_device, load_hf_model, parse_device, parse_dtype, state_dict_hash, weights_hash,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend(CaptureBackend):
+    """Capture a ``torch.nn.Module`` (typically a transformers model) with forward hooks.
+
+    Args:
+        model: the module (moved to ``device`` and cast to ``dtype`` when those are given).
+        device: a torch device string; default: where the model's parameters are.
+        dtype: ``float32``/``float16``/``bfloat16``; default: the parameters' dtype.
+        model_path: the folder or hub id it came from (recorded, and hashed when it is a folder).
+        selection: which modules to hook (default all, the root included).
+    """
+
+    method = "torch-hooks"
+
+    def __init__(self, model: torch.nn.Module, *, device: str | None = None, dtype: str | None = None,
+                 model_path: str | None = None, selection: ModuleSelection | None = None):
+        first = next(model.parameters(), None)
+        self.device = parse_device(device) if device else (first.device if first is not None else torch.device("cpu"))
+        self.dtype = parse_dtype(dtype) if dtype else (first.dtype if first is not None else torch.float32)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model_path = model_path
+        self.selection = selection or ModuleSelection()
+        self._params = inspect.signature(model.forward).parameters
+
+    @classmethod
+    def from_pretrained(cls, model_path_or_id: str, *, device: str = "cpu", dtype: str = "float32",
+                        attn_implementation: str | None = None, trust_remote_code: bool = False,
+                        selection: ModuleSelection | None = None) -> "TorchBackend":
+        """Load a transformers model (local folder, or hub id where a hub is reachable) for capture.
+
+        Raises:
+            CaptureError: a missing model, an unavailable device, an unknown dtype, a failed load.
+        """
+        dev, dt = parse_device(device), parse_dtype(dtype)  # check both before the (slow) load
+        model = load_hf_model(model_path_or_id, device=dev, dtype=dt, attn_implementation=attn_implementation,
+                              trust_remote_code=trust_remote_code)
+        return cls(model, device=device, dtype=dtype, model_path=model_path_or_id, selection=selection)
+
+    # -- CaptureBackend --------------------------------------------------------------------------------------------
+
+    def capture(self, inputs: InputSet, output: str, options: CaptureOptions, *, progress=None) -> CaptureSummary:
+        """See ``CaptureBackend.capture``; under ``torch.distributed`` the rank and world size come from it."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and options.world_size == 1:
+            options = dataclasses.replace(options, rank=dist.get_rank(), world_size=dist.get_world_size())
+        return super().capture(inputs, output, options, progress=progress)
+
+    def _describe(self) -> dict:
+        if self.model_path and os.path.isdir(self.model_path):
+            digest, method = weights_hash(self.model_path)
+        else:
+            digest, method = state_dict_hash(self.model)
+        config = getattr(self.model, "config", None)
+        import transformers
+        return {
+            "model": {"path": os.path.abspath(self.model_path) if self.model_path and os.path.exists(self.model_path)
+                      else (self.model_path or ""), "hash": digest, "hash_method": method,
+                      "class": type(self.model).__name__, "model_type": getattr(config, "model_type", "")},
+            "framework": {"name": "torch", "version": torch.__version__, "transformers": transformers.__version__,
+                          "attn_implementation": getattr(config, "_attn_implementation", None)},
+            "device": describe_device(self.device),
+            "dtype": logical_dtype(self.dtype),
+            "capture": {"selection": self.selection.to_dict()},
+        }
+
+    def _capture_impl(self, inputs: InputSet, sink: RecordSink, options: CaptureOptions, progress) -> dict:
+        samples = inputs.samples[:options.max_samples] if options.max_samples else inputs.samples
+        if not samples:
+            raise CaptureError("the input set has no samples", inputs.path)
+        forced = self._reference_tokens(options, inputs, len(samples)) if options.mode == "teacher-forced" else None
+        steps = 1 if options.mode == "forward" else options.max_new_tokens
+        if forced is not None:
+            steps = min(steps, min(len(t) for t in forced))
+        check = self._unhooked_outputs(samples[0], options.mode) if options.check_perturbation else None
+        result: dict = {"capture": {"steps": steps, "stop_at_eos": False}}
+        hooked_first = None
+        with torch.inference_mode(), torch_capture(self.model, sink, options.policy, selection=self.selection) as cap:
+            for i, sample in enumerate(samples):
+                feed = self._tensors(sample, inputs.path)
+                if options.mode == "forward":
+                    cap.at(i, 0)
+                    out = self.model(**feed, **self._no_cache())
+                    first = out
+                    _advance(progress)
+                else:
+                    first, fed, argmax = self._generate(cap, i, feed, steps, forced[i] if forced else None, progress)
+                    sink.put_array(f"generated_tokens.s{i}", fed)
+                    if forced is not None:
+                        sink.put_array(f"argmax_tokens.s{i}", argmax)
+                if i == 0 and check is not None:
+                    hooked_first = _final_outputs(first)
+        if check is not None:
+            result["perturbation_check"] = _compare_outputs(check, hooked_first)
+        if forced is not None:
+            result["capture"]["reference"] = os.path.abspath(options.reference)
+        return result
+
+    # -- modes -----------------------------------------------------------------------------------------------------
+
+    def _generate(self, cap, sample: int, feed: dict, steps: int, forced, progress):
+        """Greedy decoding with the KV cache; returns (prefill output, fed tokens, own argmax tokens)."""
+        if "input_ids" not in feed:
+            raise CaptureError("generate modes need 'input_ids' in the input set")
+        kwargs, cache, fed, argmax, first = dict(feed), None, [], [], None
+        mask = feed.get("attention_mask")
+        for step in range(steps):
+            cap.at(sample, step)
+            out = self.model(**kwargs, past_key_values=cache, use_cache=True)
+            first = out if step == 0 else first
+            logits = out["logits"] if isinstance(out, dict) else out[0]
+            own = logits[:, -1, :].argmax(dim=-1)
+            argmax.append(own.to("cpu"))
+            nxt = torch.as_tensor(forced[..., step], device=own.device).reshape(own.shape) if forced is not None else own
+            fed.append(nxt.to("cpu"))
+            cache = out["past_key_values"] if isinstance(out, dict) else out[1]
+            kwargs = {"input_ids": nxt.reshape(-1, 1).to(torch.long)}
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                kwargs["attention_mask"] = mask
+            _advance(progress)
+        return first, _token_array(fed), _token_array(argmax)
+
+    def _reference_tokens(self, options: CaptureOptions, inputs: InputSet, count: int) -> list[np.ndarray]:
+        """The generated tokens of each sample in the reference dump, after checking it consumed these inputs."""
+        with open_dump(options.reference) as ref:
+            if ref.manifest.inputs_sha256 != inputs.sha256:
+                raise InputSetMismatchError(
+                    f"the reference dump consumed input set {ref.manifest.inputs_sha256[:12] or '(none)'}, not "
+                    f"{inputs.sha256[:12]}", options.reference, "teacher-force with the input set of the reference")
+            tokens = []
+            for i in range(count):
+                name = f"generated_tokens.s{i}"
+                if name not in ref.array_names():
+                    raise CaptureError(f"the reference dump has no {name} (was it a generate capture of at least "
+                                       f"{count} samples?)", options.reference)
+                tokens.append(np.asarray(ref.array(name)))
+        return tokens
+
+    def _unhooked_outputs(self, sample, mode: str) -> list:
+        """The final outputs of the first sample's first step, run without any hook (observer-effect check)."""
+        feed = self._tensors(sample, None)
+        with torch.inference_mode():
+            out = self.model(**feed, **(self._no_cache() if mode == "forward" else {"use_cache": True}))
+        return _final_outputs(out)
+
+    # -- inputs ----------------------------------------------------------------------------------------------------
+
+    def _no_cache(self) -> dict:
+        return {"use_cache": False} if "use_cache" in self._params else {}
+
+    def _tensors(self, sample, path) -> dict:
+        """The sample's arrays that the model's forward takes, as batched tensors on the device."""
+        feed = {}
+        for name, arr in sample.arrays.items():
+            if name not in self._params:
+                continue
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            if t.dim() == 1:
+                t = t.unsqueeze(0)  # input sets store [1, L]; accept [L] too
+            if t.is_floating_point():
+                t = t.to(self.dtype)
+            elif name in ("input_ids", "token_type_ids", "position_ids"):
+                t = t.to(torch.long)
+            feed[name] = t.to(self.device)
+        if not feed:
+            raise CaptureError(f"no array of the input set is an argument of {type(self.model).__name__}.forward "
+                               f"(the sample has {sorted(sample.arrays)})", path)
+        return feed
+
+
+def _advance(progress) -> None:
+    if progress is not None:
+        progress.advance()
+
+
+def _token_array(tokens: list) -> np.ndarray:
+    """Per-step token tensors of shape [batch] as int64 ``[steps]`` (batch 1) or ``[batch, steps]``."""
+    arr = torch.stack(tokens, dim=-1).to(torch.int64).numpy()
+    return arr[0] if arr.shape[0] == 1 else arr
+
+
+def _final_outputs(out) -> list:
+    return [(path, t.detach().to("cpu").clone()) for path, t in flatten(out, lambda x: isinstance(x, torch.Tensor))]
+
+
+def _compare_outputs(unhooked: list, hooked: list) -> dict:
+    """Bitwise comparison of two lists of (path, tensor) final outputs."""
+    same = [a[0] == b[0] and a[1].shape == b[1].shape and a[1].dtype == b[1].dtype for a, b in zip(unhooked, hooked)]
+    identical = len(unhooked) == len(hooked) and all(same)
+    max_diff = 0.0
+    if identical:
+        for (_, a), (_, b) in zip(unhooked, hooked):
+            bits = torch.int16 if a.element_size() == 2 else (torch.int32 if a.element_size() == 4 else None)
+            if a.is_floating_point():
+                equal = torch.equal(a.view(bits), b.view(bits)) if bits is not None else torch.equal(a, b)
+                diff = (a.double() - b.double()).abs().nan_to_num(0.0).max().item() if a.numel() else 0.0
+                max_diff = max(max_diff, diff)
+            else:
+                equal = torch.equal(a, b)
+            identical = identical and equal
+    return {"bit_identical": bool(identical), "sample": 0, "step": 0, "outputs": [p for p, _ in hooked],
+            "max_abs_diff": max_diff}

@@ -1,0 +1,254 @@
+"""Forward pre/post hooks on a module tree that turn every input and output tensor into a dump record.
+
+``torch_capture(model, sink, policy)`` installs the hooks for the duration of a ``with`` block (removed in a
+``finally``, even when the forward raises). Keys are ``s<sample>/t<step>/<module path>:in|out[.<arg path>]#<call>``;
+the caller moves the position with ``cap.at(sample, step)``. Each tensor is handled by the policy rule of its site:
+
+- ``stats``: statistics with torch on the tensor's device; only the numbers move.
+- ``full`` / ``slice`` / ``topk``: the hook copies the (reduced) tensor (a clone on CPU; a non-blocking copy into
+  pinned memory plus an event on an accelerator) and queues it; the writer thread waits for the event and converts
+  to numpy. bfloat16 and fp8 go to the dump as their bit patterns.
+- ``skip``: nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from protocol import DumpWriter, RecordKey
+
+from .flatten import flatten
+from .policy import RecordPolicy, Rule
+from .sink import PendingRecord, RecordSink, Resolved
+from .torch_stats import torch_stats
+
+_STATS_RECORD_BYTES = 128  # what a statistics-only record weighs in the writer's queue
+_BIT_PATTERN_VIEW = {torch.bfloat16: (torch.int16, np.uint16)}
+for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+    if hasattr(torch, _name):
+        _BIT_PATTERN_VIEW[getattr(torch, _name)] = (torch.uint8, np.uint8)
+_UNSUPPORTED = {torch.complex64, torch.complex128}
+
+
+def _is_tensor(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def logical_dtype(dtype: torch.dtype) -> str:
+    """The protocol's logical dtype name of a torch dtype (``torch.bfloat16`` -> ``bfloat16``)."""
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass
+class ModuleSelection:
+    """Which modules get hooks.
+
+    Attributes:
+        include: a regex searched in the module path; only matching modules are hooked (None: all).
+        exclude: a regex; matching modules are not hooked.
+        module_types: class names to hook (None: all).
+        max_depth: hook modules at most this deep (the root is 0, ``model`` 1, ``model.layers`` 2...).
+        include_cache: also record key/value caches found in inputs and outputs.
+    """
+
+    include: str | None = None
+    exclude: str | None = None
+    module_types: tuple[str, ...] | None = None
+    max_depth: int | None = None
+    include_cache: bool = False
+
+    def selects(self, path: str, module: torch.nn.Module) -> bool:
+        """True when the module at ``path`` should be hooked."""
+        if self.include and not re.search(self.include, path):
+            return False
+        if self.exclude and re.search(self.exclude, path):
+            return False
+        if self.module_types and type(module).__name__ not in self.module_types:
+            return False
+        depth = 0 if path == "" else path.count(".") + 1
+        return self.max_depth is None or depth <= self.max_depth
+
+    def to_dict(self) -> dict:
+        """JSON form, for the manifest."""
+        return {"include": self.include, "exclude": self.exclude,
+                "module_types": list(self.module_types) if self.module_types else None,
+                "max_depth": self.max_depth, "include_cache": self.include_cache}
+
+
+@dataclass
+class TorchCapture:
+    """The live state of installed hooks: the current (sample, step), per-module call counters, what was seen.
+
+    Use ``at(sample, step)`` before each forward; ``records`` counts the records queued so far.
+    """
+
+    sink: RecordSink
+    policy: RecordPolicy
+    selection: ModuleSelection
+    sample: int = 0
+    step: int = 0
+    records: int = 0
+    enabled: bool = True
+    _calls: dict = field(default_factory=dict)
+    _open: dict = field(default_factory=dict)
+
+    def at(self, sample: int, step: int = 0) -> None:
+        """Set the position of the next forward; resets call indices (they count calls within one step)."""
+        self.sample, self.step = int(sample), int(step)
+        self._calls.clear()
+        self._open.clear()
+
+    # -- hooks -----------------------------------------------------------------------------------------------------
+
+    def _pre_hook(self, path: str, module, args, kwargs) -> None:
+        call = self._calls.get(path, 0)
+        self._calls[path] = call + 1
+        self._open.setdefault(path, []).append(call)
+        if not self.enabled:
+            return
+        mtype = type(module).__name__
+        inc = self.selection.include_cache
+        for arg, t in flatten(args, _is_tensor, "args", include_cache=inc):
+            self._record(f"{path}:in.{arg}", call, t, mtype)
+        for arg, t in flatten(kwargs, _is_tensor, "kwargs", include_cache=inc):
+            self._record(f"{path}:in.{arg}", call, t, mtype)
+
+    def _post_hook(self, path: str, module, args, kwargs, output) -> None:
+        stack = self._open.get(path)
+        call = stack.pop() if stack else max(self._calls.get(path, 1) - 1, 0)
+        if not self.enabled:
+            return
+        mtype = type(module).__name__
+        for arg, t in flatten(output, _is_tensor, "", include_cache=self.selection.include_cache):
+            self._record(f"{path}:out.{arg}" if arg else f"{path}:out", call, t, mtype)
+
+    # -- records ---------------------------------------------------------------------------------------------------
+
+    def _record(self, site: str, call: int, t: torch.Tensor, module_type: str) -> None:
+        rule = self.policy.decide(site)
+        if rule.action == "skip" or t.dtype in _UNSUPPORTED or t.is_meta:
+            return
+        key = RecordKey(self.sample, self.step, site, call)
+        dtype = logical_dtype(t.dtype)
+        shape = tuple(t.shape)
+        t = t.detach()
+        if rule.action != "stats":
+            data, aux = _reduce(t, rule)
+            nbytes = data.numel() * data.element_size() + (aux.numel() * aux.element_size() if aux is not None else 0)
+            if self.sink.reserve(nbytes):
+                stats = torch_stats(t)
+                resolve = _copy_for_writer(data, aux, stats)
+                storage = "full" if rule.action == "full" else rule.action
+                self.sink.put(PendingRecord(key, dtype, shape, storage, nbytes, resolve, module_type,
+                                            rule.reduction()))
+                self.records += 1
+                return
+        stats = torch_stats(t)
+        self.sink.put(PendingRecord(key, dtype, shape, "stats", _STATS_RECORD_BYTES, lambda: Resolved(stats),
+                                    module_type))
+        self.records += 1
+
+
+def _reduce(t: torch.Tensor, rule: Rule) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The part of ``t`` a rule keeps: all of it, a slice along a dim, or the top-k along the last dim."""
+    if rule.action == "slice" and t.dim() > 0:
+        dim = rule.params["dim"]
+        if -t.dim() <= dim < t.dim():
+            return t[(slice(None),) * (dim % t.dim()) + (slice(rule.params["start"], rule.params["stop"]),)], None
+        return t, None
+    if rule.action == "topk" and t.dim() > 0 and t.shape[-1] > 0 and t.dtype != torch.bool:
+        k = min(int(rule.params["k"]), t.shape[-1])
+        values, indices = torch.topk(t, k, dim=-1)
+        return values, indices
+    return t, None
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A host tensor as numpy; bfloat16/fp8 as their bit patterns (the record's dtype names the logical type)."""
+    view = _BIT_PATTERN_VIEW.get(t.dtype)
+    if view is not None:
+        return t.view(view[0]).numpy().view(view[1])
+    return t.numpy()
+
+
+def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats):
+    """Copy now (the tensor may be changed in place after the hook returns); convert later on the writer thread."""
+    if data.device.type == "cpu":
+        # a top-k result is already a fresh tensor; anything else may be a view that the model changes later
+        host = data if aux is not None else (data.clone() if data.is_contiguous() else data.contiguous())
+        host_aux = aux
+        return lambda: Resolved(stats, _to_numpy(host), _to_numpy(host_aux) if host_aux is not None else None)
+    host = torch.empty(data.shape, dtype=data.dtype, pin_memory=True)
+    host.copy_(data, non_blocking=True)
+    host_aux = None
+    if aux is not None:
+        host_aux = torch.empty(aux.shape, dtype=aux.dtype, pin_memory=True)
+        host_aux.copy_(aux, non_blocking=True)
+    event = torch.Event(device=data.device) if hasattr(torch, "Event") else None
+    if event is not None:
+        event.record()
+
+    def resolve() -> Resolved:
+        if event is not None:
+            event.synchronize()
+        else:
+            torch.accelerator.synchronize()
+        return Resolved(stats, _to_numpy(host), _to_numpy(host_aux) if host_aux is not None else None)
+    return resolve
+
+
+@contextlib.contextmanager
+def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy: RecordPolicy | None = None, *,
+                  selection: ModuleSelection | None = None, sample: int = 0, step: int = 0,
+                  max_queue_bytes: int = 256 << 20) -> Iterator[TorchCapture]:
+    """Hook every selected module of ``model`` (the root included) for the duration of the block.
+
+    Args:
+        model: the module tree.
+        sink: a RecordSink (owned by the caller), or a DumpWriter: then a sink is made for it, and the dump is
+            finished when the block exits normally (aborted, leaving no file, when it raises).
+        policy: what to keep of each site (default: every tensor in full).
+        selection: which modules to hook (default: all).
+        sample, step: the initial position; move it with ``cap.at(sample, step)`` before each forward.
+        max_queue_bytes: queue bound of the sink made for a DumpWriter.
+
+    Yields:
+        The TorchCapture holding the position and counters.
+
+    Example:
+        >>> with torch_capture(model, DumpWriter("x.h5", manifest)) as cap:  # doctest: +SKIP
+        ...     for i, batch in enumerate(batches):
+        ...         cap.at(sample=i)
+        ...         model(**batch)
+    """
+    policy = policy or RecordPolicy()
+    selection = selection or ModuleSelection()
+    owns_sink = isinstance(sink, DumpWriter)
+    real_sink = RecordSink(sink, max_queue_bytes=max_queue_bytes, byte_budget=policy.byte_budget) if owns_sink \
+        else sink
+    cap = TorchCapture(real_sink, policy, selection, sample, step)
+    handles = []
+    try:
+        for path, module in model.named_modules():
+            if not selection.selects(path, module):
+                continue
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, kw, _p=path: cap._pre_hook(_p, m, a, kw), with_kwargs=True))
+            handles.append(module.register_forward_hook(
+                lambda m, a, kw, o, _p=path: cap._post_hook(_p, m, a, kw, o), with_kwargs=True))
+        yield cap
+    except BaseException:
+        if owns_sink:
+            real_sink.abort()
+        raise
+    else:
+        if owns_sink:
+            real_sink.close()
+    finally:
+        for handle in handles:
+            handle.remove()
