@@ -15,14 +15,37 @@ from .lazy import LazyGroup
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_BAD_INPUT = 0, 1, 2, 3
 
-COMMANDS = {
+# Every command, as name -> ("module:attr", one-line help), so that `parity --help` lists everything without
+# importing any of it. Sub-groups are dicts of the same shape.
+CAPTURE_COMMANDS: dict = {
+    # PyTorch capture
+    # ONNX / ORT GenAI capture
+}
+INPUTS_COMMANDS: dict = {
+    # text / tokens input sets
+    # random input sets from an ONNX I/O spec
+}
+THRESHOLDS_COMMANDS: dict = {
+    # thresholds build / check
+}
+COMMANDS: dict = {
     "inspect": ("analyze.cli.inspect_cmd:inspect_cmd", "Show a dump's or input set's manifest and records."),
     "validate": ("analyze.cli.validate_cmd:validate_cmd", "Check dump and input-set files completely."),
+    # analyzer core: compare / kl / ppl
+    # reports, demo
+    # shared-folder workflow: submit / agent / watch / status
+    "submit": ("capture.cli.submit_cmd:submit_cmd", "Write a capture job into a shared folder."),
+    "agent": ("capture.cli.agent_cmd:agent_cmd", "Capture the shared folder's jobs of one label (daemon)."),
+    "watch": ("analyze.cli.watch_cmd:watch_cmd", "Compare each run's dumps as they appear (daemon)."),
+    "status": ("analyze.cli.status_cmd:status_cmd", "Show a shared folder's runs, claims and verdicts."),
+    # existing workflows: eval-compare
 }
-# Registered by later modules as they land: name -> ("module:attr", help). Kept in one table so that
-# `parity --help` lists everything without importing any of it.
-COMMANDS.update({
-})
+for _name, _table, _help in (
+        ("capture", CAPTURE_COMMANDS, "Capture per-layer tensors of a model into a dump."),
+        ("inputs", INPUTS_COMMANDS, "Build input sets (token ids, random inputs) that every backend consumes."),
+        ("thresholds", THRESHOLDS_COMMANDS, "Build and check per-site thresholds from baseline reports.")):
+    if _table:
+        COMMANDS[_name] = (_table, _help)
 
 
 class ParityGroup(LazyGroup):

@@ -48,9 +48,9 @@ def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation
     heartbeat is older than --heartbeat-timeout is taken over. SIGTERM abandons the running job cleanly (its claim
     says "abandoned"; a restarted agent resumes it). One log line per job.
 
+    \b
     Example:
-
-        parity agent /mnt/parity --label cpu-bf16 --device cpu --dtype bfloat16
+      parity agent /mnt/parity --label cpu-bf16 --device cpu --dtype bfloat16
     """
     from capture.agent import Agent, AgentSettings
     _log_to_stderr("capture.agent")

@@ -61,10 +61,10 @@ def submit_cmd(root, model_path, model_id, backend, inputs_path, labels, referen
     The job is validated first (model and thresholds inside ROOT, labels, policy) and written atomically as
     ROOT/jobs/<run-id>.json. Its path is printed.
 
+    \b
     Example:
-
-        parity submit /mnt/parity --model models/tiny-llama --inputs prompts.h5 --label cpu-fp32 --label cpu-bf16
-        --reference cpu-fp32
+      parity submit /mnt/parity --model models/tiny-llama --inputs prompts.h5 \\
+          --label cpu-fp32 --label cpu-bf16 --reference cpu-fp32
     """
     from capture.agent import submit_job
     from capture.policy import RecordPolicy, parse_size

@@ -1,0 +1,55 @@
+"""``parity watch ROOT``: the watcher daemon that writes a report for each candidate dump of a shared folder."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+
+def _log_to_stderr(name: str) -> None:
+    """One timestamped line per event on stderr, whatever the root logger's level (a daemon's log is its output)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+@click.command("watch")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--thresholds", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Thresholds file for every run (a job's own thresholds win for its run).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Analyses running at once, each in its own process.")
+@click.option("--polling", is_flag=True,
+              help="Poll the folder instead of inotify (network filesystems: inotify misses remote writes).")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Seconds between scans with --polling.")
+@click.option("--debounce", type=click.FloatRange(min=0.0), default=0.25, show_default=True,
+              help="Seconds to gather file events before acting on them.")
+@click.option("--once", is_flag=True, help="Catch up on what is there, wait for the analyses, and exit.")
+def watch_cmd(root, thresholds, workers, polling, poll_interval, debounce, once):
+    """Compare each candidate dump of shared folder ROOT with its run's reference, as soon as both are in place.
+
+    Catches up on start, then follows new dumps. Writes ROOT/reports/<run>/<ref>__vs__<cand>.json (with .csv and
+    .html), exactly once per pair across restarts, and <label>.error.json for a dump it cannot use. Never deletes
+    or rewrites a dump. One log line per report; SIGTERM or Ctrl-C stops it cleanly.
+
+    \b
+    Example:
+      parity watch /mnt/parity --workers 4 --polling
+    """
+    from analyze.watcher import Watcher, WatchSettings
+    _log_to_stderr("analyze.watcher")
+    watcher = Watcher(WatchSettings(root=root, thresholds=thresholds, workers=workers, polling=polling,
+                                    poll_interval=poll_interval, debounce=debounce, once=once))
+    previous = {sig: signal.signal(sig, watcher.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        watcher.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
