@@ -57,7 +57,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import JobError
-from .folder import SharedFolder, check_name, create_exclusive_json, read_json, resolve_inside
+from .folder import SharedFolder, atomic_write_json, check_name, create_exclusive_json, read_json, resolve_inside
 from .manifest import CAPTURE_MODES
 from .version import parse_version
 
