@@ -232,3 +232,34 @@ def _compare_outputs(unhooked: list, hooked: list) -> dict:
             identical = identical and equal
     return {"bit_identical": bool(identical), "sample": 0, "step": 0, "outputs": [p for p, _ in hooked],
             "max_abs_diff": max_diff}
+
+
+def capture_torch_model(model: str, inputs_path: str, output: str, options: CaptureOptions, *, device: str = "cpu",
+                        dtype: str = "float32", attn_implementation: str | None = None,
+                        trust_remote_code: bool = False, selection: ModuleSelection | None = None,
+                        show_progress: bool | None = None) -> CaptureSummary:
+    """Load a model and an input set and capture them into a dump (what ``parity capture torch`` runs).
+
+    Args:
+        model: a local HF folder or a hub id.
+        inputs_path: the input set file.
+        output: the dump to write (must not exist).
+        options: what to capture; device, dtype, attn_implementation, trust_remote_code, selection: see
+            ``TorchBackend.from_pretrained``.
+        show_progress: a progress bar over samples x steps (default: when stderr is a terminal).
+
+    Raises:
+        ParityError: a bad input set, model, device, dtype, reference or output.
+    """
+    from protocol import read_input_set
+    from protocol.console import progress
+    inputs = read_input_set(inputs_path)
+    if os.path.exists(output):
+        raise CaptureError("a dump already exists under this name", output,
+                           "choose another output name; tensorparity never overwrites a dump")
+    backend = TorchBackend.from_pretrained(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                                           trust_remote_code=trust_remote_code, selection=selection)
+    count = min(len(inputs), options.max_samples or len(inputs))
+    steps = 1 if options.mode == "forward" else max(options.max_new_tokens, 1)
+    with progress(count * steps, f"capture {options.label or 'torch'}", enabled=show_progress) as bar:
+        return backend.capture(inputs, output, options, progress=bar)

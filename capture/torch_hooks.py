@@ -62,11 +62,18 @@ class ModuleSelection:
     max_depth: int | None = None
     include_cache: bool = False
 
+    def __post_init__(self):
+        try:
+            self._include = re.compile(self.include) if self.include else None
+            self._exclude = re.compile(self.exclude) if self.exclude else None
+        except re.error as exc:
+            raise ValueError(f"invalid module regex: {exc}") from None
+
     def selects(self, path: str, module: torch.nn.Module) -> bool:
         """True when the module at ``path`` should be hooked."""
-        if self.include and not re.search(self.include, path):
+        if self._include is not None and not self._include.search(path):
             return False
-        if self.exclude and re.search(self.exclude, path):
+        if self._exclude is not None and self._exclude.search(path):
             return False
         if self.module_types and type(module).__name__ not in self.module_types:
             return False

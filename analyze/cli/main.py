@@ -19,10 +19,13 @@ EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_BAD_INPUT = 0, 1, 2, 3
 # importing any of it. Sub-groups are dicts of the same shape.
 CAPTURE_COMMANDS: dict = {
     # PyTorch capture
+    "torch": ("capture.cli.torch_cmd:torch_cmd", "Capture every module of a PyTorch / transformers model."),
     # ONNX / ORT GenAI capture
 }
 INPUTS_COMMANDS: dict = {
     # text / tokens input sets
+    "text": ("capture.cli.inputs_cmd:text_cmd", "Tokenize a corpus once into chunks or strided windows."),
+    "tokens": ("capture.cli.inputs_cmd:tokens_cmd", "Make an input set from the arrays of an .npz file."),
     # random input sets from an ONNX I/O spec
 }
 THRESHOLDS_COMMANDS: dict = {
