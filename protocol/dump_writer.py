@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -25,6 +26,8 @@ _INDEX_FLUSH_ROWS = 256
 #: Records at least this large get their statistics computed on a helper thread while h5py writes them (h5py
 #: releases the GIL during H5Dwrite and numpy during its loops, so the two overlap on two cores).
 _PARALLEL_STATS_BYTES = 4 << 20
+#: Free space kept beyond each record's bytes for HDF5's metadata (index, manifest, object headers).
+_SPACE_MARGIN = 1 << 20
 
 
 def chunk_shape(shape: tuple, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple:
@@ -224,9 +227,15 @@ class DumpWriter:
         """Close and remove the partial file; nothing appears under the final name."""
         self._closed = True
         self._stop_pool()
+        # unlink first: after an I/O error HDF5 may fail hard while closing, and nothing must be left behind
+        with contextlib.suppress(OSError):
+            os.unlink(self.partial_path)
+        # release every HDF5 object while the file is still open: after a failed write, HDF5 crashes when an
+        # object of a file it could not close cleanly is released later (at garbage collection)
+        self._index = self._data = None
         with contextlib.suppress(Exception):
             self._file.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # platforms that refuse to unlink an open file
             os.unlink(self.partial_path)
 
     def __enter__(self) -> "DumpWriter":
@@ -281,8 +290,22 @@ class DumpWriter:
             raise _write_error(exc, self.partial_path) from None
         self._rows.clear()
 
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse a record the disk cannot hold before HDF5 tries: HDF5 2.0 crashes the process (at close or exit)
+        after a failed write, so running out of space must be caught here."""
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.partial_path)))
+        except (OSError, AttributeError):  # no statvfs (Windows): rely on the write errors
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < nbytes + _SPACE_MARGIN:
+            raise CaptureError(f"the disk is full ({free / 2**20:.1f} MiB free, the next record needs "
+                               f"{nbytes / 2**20:.1f} MiB); the dump was not written", self.path,
+                               "free space or write elsewhere")
+
     def _create_dataset(self, name: str, shape: tuple, storage: np.dtype, logical: str) -> h5py.Dataset:
         nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
+        self._check_space(nbytes)
         kwargs = {}
         if shape and nbytes > 0 and (nbytes > self.chunk_bytes or self._filter):
             kwargs = {"chunks": chunk_shape(shape, storage.itemsize, self.chunk_bytes), **self._filter}
@@ -299,8 +322,13 @@ class DumpWriter:
         if stored.size:
             try:
                 ds.write_direct(np.ascontiguousarray(stored))
-            except OSError as exc:
-                raise _write_error(exc, self.partial_path) from None
+                # flush now: a write that fails later (disk full) in a cached chunk is otherwise only reported,
+                # and ignored, when h5py deallocates the dataset, and HDF5 can crash on the next call
+                ds.flush()
+            except (OSError, RuntimeError) as exc:
+                error = _write_error(exc, self.path)
+                del ds  # release the dataset while its file is open: HDF5 crashes releasing it after abort()
+                raise error from None
 
 
 class RecordStream:
@@ -329,8 +357,17 @@ class RecordStream:
 def _write_error(exc: OSError, path: str) -> CaptureError:
     code = getattr(exc, "errno", None)
     text = str(exc)
+    if code is None:  # HDF5 errors carry the system errno in their text only
+        m = re.search(r"errno = (\d+)", text)
+        code = int(m.group(1)) if m else None
     if code == errno.ENOSPC or "No space left" in text:
         return CaptureError("the disk is full; the dump was not written", path, "free space or write elsewhere")
+    if code == errno.EFBIG or "File too large" in text:
+        return CaptureError("the file grew beyond the allowed file size (EFBIG); the dump was not written", path,
+                            "raise the file size limit (ulimit -f) or write to another file system")
+    if code == errno.ENOTDIR:
+        return CaptureError("the output folder is not a folder; the dump was not written", path,
+                            "choose an existing folder")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower():
         return CaptureError("the output folder is not writable; the dump was not written", path,
                             "choose a folder you can write to")

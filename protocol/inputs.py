@@ -78,7 +78,8 @@ def _canonical_array(arr, name: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype.kind not in _ALLOWED_KINDS:
         raise ValueError(f"input array {name!r} has dtype {arr.dtype}; only bool, integer and float are allowed")
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    # reshape: ascontiguousarray turns a 0-d array into a 1-d one
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(arr.shape)
 
 
 def write_input_set(path: str | os.PathLike, samples: list[InputSample], provenance: dict | None = None) -> str:
