@@ -1,0 +1,236 @@
+"""``analyze.compare``: pair two dumps, compute every metric, aggregate per site, find the first divergence."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+
+import numpy as np
+
+from protocol import DumpReader, RecordInfo
+from protocol.console import progress as progress_bar
+
+from .logit_block import build_logit_site, compare_logit_records, logit_pair_usable
+from .logit_metrics import DEFAULT_TOPK, LOGIT_METRICS
+from .pairing import check_pairable, find_input_set, open_side, pair_records
+from .perplexity import logit_records
+from .report import RecordResult, Report, SiteResult
+from .summary import aggregate
+from .tensor_metrics import (DEFAULT_ATOL, DEFAULT_RTOL, STATS_METRICS, TENSOR_METRICS, MetricValues,
+                             TensorMetricAccumulator, stats_metrics)
+from .tolerances import DEFAULT_TOLERANCES, dtype_class, over_tolerance, tolerance_for
+
+#: Every metric name ``compare(metrics=...)`` accepts.
+ALL_METRICS = TENSOR_METRICS + STATS_METRICS + ("topk_index_overlap",) + LOGIT_METRICS
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+
+def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None = None,
+            logit_sites: str | None = None, tolerances: dict | None = None,
+            chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+            topk: int = DEFAULT_TOPK, show_progress: bool | None = None) -> Report:
+    """Compare a candidate dump with a reference dump.
+
+    Args:
+        ref_path, cand_path: a dump, a list of dumps (one per rank), a folder of rank dumps, or a glob.
+        inputs: the input set file (for next-token labels); default: found next to the dumps, else none.
+        metrics: metric names to keep in the report (default all; see ALL_METRICS). The verdict always uses
+            ``rel_l2``/``cosine`` (``stats_rel_l2`` for statistics-only records).
+        sites: regex searched in each record's site; other records are left out.
+        logit_sites: regex naming the logits sites (default: the root output ``:out.logits``).
+        tolerances: dtype -> tolerance overrides of tolerances.DEFAULT_TOLERANCES.
+        chunk_elements: elements per block read from disk (memory bound).
+        atol, rtol: ``allclose_frac`` tolerances. topk: ``topk_overlap``'s k.
+        show_progress: progress bar on stderr (default: when stderr is a terminal).
+
+    Returns:
+        A Report (``report.verdict``, ``report.exit_code``, ``report.sites``, ``report.first_divergence``...).
+
+    Raises:
+        InputSetMismatchError: the dumps (or the given input set) consumed different input sets.
+        PairingError: different world sizes, or inconsistent rank files.
+        ValueError: an unknown metric name or an invalid regex.
+        ParityError subclasses: unreadable dumps.
+    """
+    unknown = sorted(set(metrics or ()) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    started = time.perf_counter()
+    ref = open_side(ref_path)
+    try:
+        cand = open_side(cand_path)
+    except BaseException:
+        ref.close()
+        raise
+    try:
+        warnings = check_pairable(ref, cand)
+        inputset = find_input_set([ref, cand], inputs)
+        if inputset is None and ref.manifest.inputs_sha256:
+            warnings.append(f"input set {ref.manifest.inputs_sha256[:16]}... not found next to the dumps: "
+                            "no next-token labels, so no perplexity, NLL or delta_p (pass --inputs)")
+        table = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+        report = Report(reference=_describe(ref), candidate=_describe(cand),
+                        inputs={"path": inputset.path if inputset else None,
+                                "sha256": ref.manifest.inputs_sha256 or None},
+                        options={"metrics": list(metrics) if metrics else "all", "sites": sites,
+                                 "logit_sites": logit_sites or ":out.logits", "tolerances": table, "atol": atol,
+                                 "rtol": rtol, "topk": topk, "chunk_elements": chunk_elements},
+                        warnings=warnings,
+                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        multi = ref.world_size > 1
+        pairings = [pair_records(r, c, sites=sites, rank=i)
+                    for i, (r, c) in enumerate(zip(ref.readers, cand.readers))]
+        for p in pairings:
+            prefix = f"r{p.rank}:" if multi else ""
+            report.unmatched["reference_only"] += [prefix + str(i.key) for i in p.only_reference]
+            report.unmatched["candidate_only"] += [prefix + str(i.key) for i in p.only_candidate]
+        keep = set(metrics) if metrics else None
+        site_map: dict[tuple, SiteResult] = {}
+        logit_map: dict[str, list] = {}
+        total = sum(len(p.pairs) for p in pairings)
+        with progress_bar(total, "comparing records", enabled=show_progress) as bar:
+            for p, rd, cd in zip(pairings, ref.readers, cand.readers):
+                logit_keys = {i.key for i in logit_records(rd, logit_sites)} if p.rank == 0 else set()
+                for ri, ci in p.pairs:
+                    rec = compare_record(rd, cd, ri, ci, rank=p.rank, atol=atol, rtol=rtol, table=table,
+                                         chunk_elements=chunk_elements)
+                    _add_to_site(site_map, ri, rec, keep)
+                    if ri.key in logit_keys and logit_pair_usable(ri, ci) \
+                            and dtype_class(ri.dtype) == dtype_class(ci.dtype) == "float":
+                        logit_map.setdefault(ri.key.site, []).append(compare_logit_records(
+                            rd, cd, ri, ci, inputset, rank=p.rank, topk=topk, chunk_elements=chunk_elements))
+                    bar.advance()
+        report.sites = list(site_map.values())
+        for s in report.sites:
+            _finish_site(s, report)
+        report.logits = [build_logit_site(site, recs, inputset, topk=topk) for site, recs in logit_map.items()]
+        if keep is not None:
+            for ls in report.logits:
+                for r in ls.records:
+                    r.means = {m: v for m, v in r.means.items() if m in keep}
+        report.first_divergence = _first_divergence(report.sites)
+        report.totals = {
+            "sites": len(report.sites), "records": total,
+            "over_tolerance": sum(s.over_tolerance for s in report.sites),
+            "error_records": len(report.errors),
+            "stats_only_records": sum(r.kind == "stats-only" for s in report.sites for r in s.records),
+            "excluded_positions": sum(r.excluded for s in report.sites for r in s.records),
+            "reference_only": len(report.unmatched["reference_only"]),
+            "candidate_only": len(report.unmatched["candidate_only"]),
+        }
+        report.duration_s = round(time.perf_counter() - started, 3)
+        return report
+    finally:
+        ref.close()
+        cand.close()
+
+
+def _describe(side) -> dict:
+    m = side.manifest
+    return {"paths": [os.path.abspath(p) for p in side.paths], "label": m.label, "run_id": m.run_id,
+            "model": m.model, "device": m.device, "dtype": m.dtype, "framework": m.framework,
+            "capture": {"method": m.capture.get("method"), "mode": m.capture.get("mode")},
+            "world_size": side.world_size}
+
+
+def compare_record(rd: DumpReader, cd: DumpReader, ri: RecordInfo, ci: RecordInfo, *, rank: int = 0,
+                   atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, table: dict | None = None,
+                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> RecordResult:
+    """Compare one pair of records (same key). Never raises for a mismatch: it becomes an ``error`` result.
+
+    Statistics-only records (either side) are compared on their statistics (kind ``stats-only``); ``slice`` and
+    ``topk`` records on the data they hold (top-k adds ``topk_index_overlap``, the mean share of common indices per
+    row); full records stream both tensors block by block.
+    """
+    tol = tolerance_for(ri.dtype, ci.dtype, table)
+    kind = "stats-only" if "stats" in (ri.storage, ci.storage) else ri.storage
+    rec = RecordResult(str(ri.key), ri.key.sample, ri.key.step, rank, ri.seq, kind, "ok", ri.dtype, ci.dtype,
+                       list(ri.shape), list(ci.shape), tolerance=tol)
+    error = None
+    if dtype_class(ri.dtype) != dtype_class(ci.dtype):
+        error = f"dtype-class mismatch: {ri.dtype} vs {ci.dtype}"
+    elif kind == "stats-only":
+        if tuple(ri.orig_shape) != tuple(ci.orig_shape):
+            error = f"shape mismatch: {list(ri.orig_shape)} vs {list(ci.orig_shape)}"
+    elif ri.storage != ci.storage or ri.reduction != ci.reduction:
+        error = f"reduction mismatch: {ri.storage} {ri.reduction or ''} vs {ci.storage} {ci.reduction or ''}"
+    elif tuple(ri.shape) != tuple(ci.shape):
+        error = f"shape mismatch: {list(ri.shape)} vs {list(ci.shape)}"
+    if error:
+        rec.status, rec.error, rec.over_tolerance = "error", error, True
+        return rec
+    if kind == "stats-only":
+        mv = stats_metrics(ri.stats, ci.stats)
+    else:
+        mv = _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements)
+        if kind == "topk":
+            mv.values["topk_index_overlap"] = _topk_index_overlap(rd.read_aux(ri), cd.read_aux(ci))
+    rec.status, rec.metrics, rec.numel, rec.excluded = mv.status, mv.values, mv.numel, mv.excluded
+    rec.over_tolerance, rec.decided_by = over_tolerance(mv.values, tol, kind == "stats-only")
+    return rec
+
+
+def _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements) -> MetricValues:
+    rs, cs = ri.stats, ci.stats
+    peak = None
+    if ri.storage == "full" and rs is not None and cs is not None and rs.numel == ri.numel \
+            and rs.nan_count == rs.inf_count == cs.nan_count == cs.inf_count == 0 and math.isfinite(rs.abs_max):
+        peak = rs.abs_max  # max|a| from the index: saves a pass
+    acc = TensorMetricAccumulator(tuple(ri.shape), atol=atol, rtol=rtol, peak=peak)
+    if ri.numel:
+        for a, b in zip(rd.iter_blocks(ri, chunk_elements), cd.iter_blocks(ci, chunk_elements)):
+            acc.update(a, b)
+    return acc.result()
+
+
+def _topk_index_overlap(ia: np.ndarray, ib: np.ndarray) -> float | None:
+    if ia.shape != ib.shape or ia.size == 0:
+        return None
+    k = ia.shape[-1]
+    ra, rb = ia.reshape(-1, k), ib.reshape(-1, k)
+    shared = [np.intersect1d(x, y).size for x, y in zip(ra, rb)]
+    return float(np.mean(shared)) / k
+
+
+def _add_to_site(site_map: dict, ri: RecordInfo, rec: RecordResult, keep: set | None) -> None:
+    key = (ri.key.site, ri.key.call)
+    site = site_map.get(key)
+    if site is None:
+        site = site_map[key] = SiteResult(len(site_map), ri.key.site, ri.key.call, ri.module_type, rec.kind,
+                                          rec.dtype_ref, rec.dtype_cand, rec.tolerance)
+    # worst values are taken before the metric filter: the verdict needs them whatever is displayed
+    for name, pick in (("rel_l2", max), ("stats_rel_l2", max), ("cosine", min), ("nan_mismatch", max),
+                       ("inf_mismatch", max)):
+        v = rec.metrics.get(name)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            old = site.worst.get(name)
+            site.worst[name] = v if old is None else pick(old, v)
+    if rec.over_tolerance and rec.status != "error" and not site.over_tolerance:
+        site.over_tolerance, site.decided_by = True, rec.decided_by
+        site.worst.setdefault("first_key", rec.key)
+    if keep is not None:
+        rec.metrics = {m: v for m, v in rec.metrics.items() if m in keep}
+    if rec.kind != site.kind:
+        site.kind = "mixed"
+    site.records.append(rec)
+
+
+def _finish_site(site: SiteResult, report: Report) -> None:
+    names = []
+    for r in site.records:
+        names.extend(m for m in r.metrics if m not in names)
+        if r.status == "error":
+            site.errors += 1
+            report.errors.append({"key": r.key, "rank": r.rank, "site": site.name, "error": r.error})
+    site.aggregates = {m: aggregate(site.values(m)) for m in names}
+
+
+def _first_divergence(sites: list[SiteResult]) -> dict | None:
+    for s in sites:
+        if s.over_tolerance:
+            metric = s.decided_by or "rel_l2"
+            return {"index": s.index, "site": s.name, "metric": metric, "value": s.worst.get(metric),
+                    "tolerance": s.tolerance, "rel_l2": s.worst.get("rel_l2"), "cosine": s.worst.get("cosine"),
+                    "key": s.worst.get("first_key")}
+    return None

@@ -1,0 +1,243 @@
+"""Logit-distribution metrics of METRICS.md section 2, per token position, in float64.
+
+With ``x = a - max(a)`` and ``y = b - max(b)`` (shifted logits, float64), ``ea = exp(x)``, ``sa = sum(ea)``,
+``p = ea/sa`` and ``log p = x - log sa`` (likewise ``q``), every metric reduces to a few dot products over the
+vocabulary, so a row costs three float64 transcendental passes (two ``exp``, one ``log`` for JS) plus cheap
+arithmetic:
+
+    kl         = p·d - c                 d = x - y, c = log sa - log sb  (so log p - log q = d - c)
+    kl_reverse = c - q·d
+    js         = (p·x - log sa + q·y - log sb)/2 - (m'·log m')/2 + ln 2,   m' = p + q
+    kl_abs_variant = p·|d - c|
+
+Top-k uses a block-maximum prefilter (the top k of a row lie in the k blocks with the largest maxima), so it costs
+one pass instead of a full partition. Rows are processed in tiles by a small thread pool: numpy releases the GIL
+inside its loops, so the tiles run in parallel.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: Per-token metric names, in report order.
+LOGIT_METRICS = ("kl", "kl_reverse", "js", "kl_abs_variant", "top1_agree", "topk_overlap", "delta_p",
+                 "nll_ref", "nll_cand", "fms_ce", "fms_diff_mean", "fms_prob_mean", "fms_prob_std")
+DEFAULT_TOPK = 10
+FMS_TOPK = 20
+_TILE_ELEMENTS = 1 << 17
+_BLOCK = 128  # block length of the top-k prefilter
+_LN2 = math.log(2.0)
+
+
+def topk_indices(rows: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of each row (unordered), shape ``(n, k)``; NaN-free input assumed.
+
+    Args:
+        rows: ``(n, V)`` array.
+        k: how many (clipped to V).
+    """
+    n, v = rows.shape
+    k = min(k, v)
+    nb = v // _BLOCK
+    if nb <= 2 * k:
+        return np.argpartition(rows, v - k, axis=1)[:, v - k:]
+    body = rows[:, :nb * _BLOCK].reshape(n, nb, _BLOCK)
+    block_max = body.max(axis=2)
+    blocks = np.argpartition(block_max, nb - k, axis=1)[:, nb - k:]  # (n, k)
+    r = np.arange(n)[:, None]
+    cand = body[r, blocks].reshape(n, k * _BLOCK)
+    cand_idx = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(n, k * _BLOCK)
+    if nb * _BLOCK < v:  # the ragged tail is always a candidate
+        tail = np.arange(nb * _BLOCK, v)
+        cand = np.concatenate([cand, rows[:, nb * _BLOCK:]], axis=1)
+        cand_idx = np.concatenate([cand_idx, np.broadcast_to(tail, (n, tail.size))], axis=1)
+    pick = np.argpartition(cand, cand.shape[1] - k, axis=1)[:, cand.shape[1] - k:]
+    return np.take_along_axis(cand_idx, pick, axis=1)
+
+
+def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, y)
+
+
+class _Scratch:
+    """float64 buffers of one worker thread, reused across tiles (no per-tile allocation)."""
+
+    def __init__(self, elements: int):
+        self.x = np.empty(elements)
+        self.y = np.empty(elements)
+        self.ea = np.empty(elements)
+        self.eb = np.empty(elements)
+        self.t = np.empty(elements)
+
+    def view(self, name: str, n: int, v: int) -> np.ndarray:
+        return getattr(self, name)[:n * v].reshape(n, v)
+
+
+def _tile_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray, k: int, s: _Scratch) -> dict:
+    n, v = a.shape
+    r = np.arange(n)
+    out = {}
+    ia, ib = np.argmax(a, axis=1), np.argmax(b, axis=1)
+    x, y, ea, eb, t = (s.view(nm, n, v) for nm in ("x", "y", "ea", "eb", "t"))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        np.subtract(a, a[r, ia][:, None], out=x, dtype=np.float64)
+        np.subtract(b, b[r, ib][:, None], out=y, dtype=np.float64)
+        np.exp(x, out=ea)
+        np.exp(y, out=eb)
+        sa, sb = ea.sum(axis=1), eb.sum(axis=1)
+        lsa, lsb = np.log(sa), np.log(sb)
+        c = lsa - lsb
+        has = labels >= 0
+        lab = np.where(has, labels, 0)
+        out["nll_ref"] = np.where(has, lsa - x[r, lab], np.nan)
+        out["nll_cand"] = np.where(has, lsb - y[r, lab], np.nan)
+        out["delta_p"] = np.where(has, eb[r, lab] / sb - ea[r, lab] / sa, np.nan)
+        ea *= (1.0 / sa)[:, None]  # p
+        eb *= (1.0 / sb)[:, None]  # q
+        plogp = _rowdot(ea, x) - lsa
+        qlogq = _rowdot(eb, y) - lsb
+        np.subtract(x, y, out=t)  # d
+        pd, qd = _rowdot(ea, t), _rowdot(eb, t)
+        out["kl"] = pd - c
+        out["kl_reverse"] = c - qd
+        t -= c[:, None]
+        np.abs(t, out=t)
+        out["kl_abs_variant"] = _rowdot(ea, t)
+        np.add(ea, eb, out=t)  # m' = p + q = 2m
+        np.log(t, out=x)
+        mlogm = _rowdot(t, x)
+        out["js"] = 0.5 * (plogp + qlogq) - 0.5 * mlogm + _LN2
+    bad = ~(np.isfinite(out["kl"]) & np.isfinite(out["js"]) & np.isfinite(out["kl_abs_variant"]))
+    if bad.any():  # -inf logits (masked vocabulary), NaN or Inf: redo those rows with explicit conventions
+        for i in np.flatnonzero(bad):
+            row = _row_slow(a[i].astype(np.float64), b[i].astype(np.float64))
+            for name, val in row.items():
+                out[name][i] = val
+    out["top1_agree"] = (ia == ib).astype(np.float64)
+    ta, tb = topk_indices(a, k), topk_indices(b, k)
+    out["topk_overlap"] = _overlap(ta, tb) / min(k, v)
+    out.update(_fms(a, b, topk_indices(a, FMS_TOPK) if FMS_TOPK != k else ta))
+    return out
+
+
+def _overlap(ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    sa, sb = np.sort(ta, axis=1), np.sort(tb, axis=1)
+    return np.array([np.intersect1d(x, y, assume_unique=True).size for x, y in zip(sa, sb)], dtype=np.float64)
+
+
+def _fms(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> dict:
+    """aiu-fms-testing-utils metrics over the reference's top-k (renormalised softmax over those k)."""
+    ra = np.take_along_axis(a, idx, axis=1).astype(np.float64)
+    tb = np.take_along_axis(b, idx, axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lpr = ra - ra.max(axis=1, keepdims=True)
+        lpr -= np.log(np.exp(lpr).sum(axis=1, keepdims=True))
+        lpt = tb - tb.max(axis=1, keepdims=True)
+        lpt -= np.log(np.exp(lpt).sum(axis=1, keepdims=True))
+        pr, pt = np.exp(lpr), np.exp(lpt)
+        ratio = pr / pt
+        return {"fms_ce": -(pt * lpr).sum(axis=1),
+                "fms_diff_mean": np.abs(pr - pt).mean(axis=1),
+                "fms_prob_mean": ratio.mean(axis=1) - 1.0,
+                "fms_prob_std": ratio.std(axis=1, ddof=1) if ratio.shape[1] > 1 else np.full(len(ratio), np.nan)}
+
+
+def _row_slow(a: np.ndarray, b: np.ndarray) -> dict:
+    """One row with explicit conventions: 0·log 0 = 0; p>0 where q=0 gives +inf; NaN/+Inf logits give NaN."""
+    if np.isnan(a).any() or np.isnan(b).any() or np.isposinf(a).any() or np.isposinf(b).any():
+        return {"kl": math.nan, "kl_reverse": math.nan, "js": math.nan, "kl_abs_variant": math.nan}
+    if np.isneginf(a).all() or np.isneginf(b).all():
+        return {"kl": math.nan, "kl_reverse": math.nan, "js": math.nan, "kl_abs_variant": math.nan}
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lp = a - (a.max() + math.log(np.exp(a - a.max()).sum()))
+        lq = b - (b.max() + math.log(np.exp(b - b.max()).sum()))
+        p, q = np.exp(lp), np.exp(lq)
+        m = 0.5 * (p + q)
+        lm = np.log(m)
+
+        def xlogy_ratio(w, lw, lz):
+            terms = np.where(w > 0, w * (lw - lz), 0.0)
+            return float(terms.sum())
+
+        kl = xlogy_ratio(p, lp, lq)
+        kl_rev = xlogy_ratio(q, lq, lp)
+        js = 0.5 * xlogy_ratio(p, lp, lm) + 0.5 * xlogy_ratio(q, lq, lm)
+        absv = float(np.where(p > 0, p * np.abs(lp - lq), 0.0).sum())
+    return {"kl": kl, "kl_reverse": kl_rev, "js": js, "kl_abs_variant": absv}
+
+
+def token_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = None, *, k: int = DEFAULT_TOPK,
+                  threads: int | None = None) -> dict[str, np.ndarray]:
+    """Every logit metric for each row (token position) of two ``(n, V)`` logit arrays.
+
+    Args:
+        a: reference logits, ``(n, V)`` (any float dtype; upcast to float64 internally).
+        b: candidate logits, same shape.
+        labels: next-token id per row, ``-1`` where the position is not scored (``nll_*`` and ``delta_p`` are NaN
+            there); ``None`` for no labels.
+        k: ``topk_overlap``'s k (the fms metrics always use k=20, as aiu-fms-testing-utils does).
+        threads: worker threads (default: CPU count, at most 4).
+
+    Returns:
+        metric name -> float64 array of length n (``top1_agree`` is 0/1).
+
+    Raises:
+        ValueError: shapes differ or are not 2-d.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"logit arrays must be two (n, V) arrays of one shape, got {a.shape} and {b.shape}")
+    n, v = a.shape
+    labels = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if (labels >= v).any():
+        raise ValueError(f"a label is outside the vocabulary of {v}")
+    if n == 0 or v == 0:
+        return {m: np.empty(0) for m in LOGIT_METRICS}
+    rows = max(1, _TILE_ELEMENTS // v)
+    starts = list(range(0, n, rows))
+    workers = max(1, min(threads or min(os.cpu_count() or 1, 4), len(starts)))
+    elements = rows * v
+    results: list[dict] = [None] * len(starts)  # type: ignore[list-item]
+
+    def run(worker: int) -> None:
+        scratch = _Scratch(elements)
+        for j in range(worker, len(starts), workers):
+            s = starts[j]
+            results[j] = _tile_metrics(a[s:s + rows], b[s:s + rows], labels[s:s + rows], k, scratch)
+
+    if workers == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(run, w) for w in range(workers)]:
+                f.result()
+    return {m: np.concatenate([r[m] for r in results]) for m in LOGIT_METRICS}
+
+
+def nll_only(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``-log softmax(logits)[label]`` per row in float64 (NaN where label < 0); for perplexity of one dump."""
+    logits = np.asarray(logits)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, v = logits.shape
+    out = np.full(n, np.nan)
+    rows = max(1, _TILE_ELEMENTS // max(v, 1))
+    buf = np.empty(rows * v)
+    for s in range(0, n, rows):
+        blk = logits[s:s + rows]
+        m = blk.shape[0]
+        x = buf[:m * v].reshape(m, v)
+        mx = blk.max(axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.subtract(blk, mx[:, None], out=x, dtype=np.float64)
+            np.exp(x, out=x)
+            lse = np.log(x.sum(axis=1)) + mx.astype(np.float64)
+        lab = labels[s:s + m]
+        has = lab >= 0
+        picked = blk[np.arange(m), np.where(has, lab, 0)].astype(np.float64)
+        out[s:s + m] = np.where(has, lse - picked, np.nan)
+    return out
