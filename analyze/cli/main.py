@@ -35,6 +35,9 @@ COMMANDS: dict = {
     "inspect": ("analyze.cli.inspect_cmd:inspect_cmd", "Show a dump's or input set's manifest and records."),
     "validate": ("analyze.cli.validate_cmd:validate_cmd", "Check dump and input-set files completely."),
     # analyzer core: compare / kl / ppl
+    "compare": ("analyze.cli.compare_cmd:compare_cmd", "Compare a candidate dump with a reference dump."),
+    "kl": ("analyze.cli.kl_cmd:kl_cmd", "Pairwise KL divergence of several dumps' logits."),
+    "ppl": ("analyze.cli.ppl_cmd:ppl_cmd", "Perplexity of a dump's logits on its input set."),
     # reports, demo
     # shared-folder workflow: submit / agent / watch / status
     "submit": ("capture.cli.submit_cmd:submit_cmd", "Write a capture job into a shared folder."),
