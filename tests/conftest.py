@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_models"]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
 
