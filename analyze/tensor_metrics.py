@@ -102,8 +102,9 @@ class TensorMetricAccumulator:
         b = np.asarray(b).reshape(-1)
         if a.shape != b.shape:
             raise ValueError(f"paired blocks differ in length: {a.shape} vs {b.shape}")
-        for start in range(0, a.size, self.tile):
-            self._tile(a[start:start + self.tile], b[start:start + self.tile])
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs are handled, not warned about
+            for start in range(0, a.size, self.tile):
+                self._tile(a[start:start + self.tile], b[start:start + self.tile])
 
     def _tile(self, a_in: np.ndarray, b_in: np.ndarray) -> None:
         n = a_in.size

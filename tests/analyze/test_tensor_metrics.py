@@ -1,0 +1,124 @@
+"""Tensor metrics (METRICS.md section 1) against the plain float64 implementation in reference_impl.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analyze.tensor_metrics import TensorMetricAccumulator, stats_metrics, tensor_metrics
+from protocol import bfloat16_bits, compute_stats, decode
+
+from .reference_impl import row_cosines, tensor_reference
+
+
+def check(a, b, got, rel=1e-9):
+    want = tensor_reference(a, b)
+    for name, w in want.items():
+        g = got.values[name]
+        if math.isinf(w) or math.isnan(w):
+            assert g == w or (math.isnan(w) and math.isnan(g)), name
+        else:
+            assert g == pytest.approx(w, rel=rel, abs=1e-12), name
+    cos = row_cosines(a, b)
+    assert got.values["cos_rows_mean"] == pytest.approx(float(np.mean(cos)), rel=1e-9)
+    assert got.values["cos_rows_min"] == pytest.approx(float(np.min(cos)), rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 33), (3, 4, 130), (1000,)], ids=str)
+def test_random_data_matches_reference(shape):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = (a + 1e-3 * rng.standard_normal(shape)).astype(np.float32)
+    check(a, b, tensor_metrics(a, b))
+
+
+@pytest.mark.parametrize("tile", [1, 3, 64, 1 << 16])
+@pytest.mark.parametrize("block", [1, 5, 70, 10_000])
+def test_streaming_with_rows_split_across_blocks_equals_one_pass(tile, block):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((4, 6, 25))
+    b = a + 0.01 * rng.standard_normal(a.shape)
+    acc = TensorMetricAccumulator(a.shape, tile=tile)
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    for s in range(0, fa.size, block):
+        acc.update(fa[s:s + block], fb[s:s + block])
+    check(a, b, acc.result())
+
+
+def test_identical():
+    a = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+    v = tensor_metrics(a, a.copy()).values
+    assert v["max_abs_diff"] == 0 and v["rel_l2"] == 0 and v["sqnr_db"] == math.inf and v["psnr_db"] == math.inf
+    assert v["allclose_frac"] == 1.0 and v["cosine"] == pytest.approx(1.0)
+
+
+def test_both_zero_and_one_side_zero():
+    z = np.zeros((3, 4), np.float32)
+    x = np.ones((3, 4), np.float32)
+    both = tensor_metrics(z, z.copy()).values
+    assert both["cosine"] == 1.0 and both["rel_l2"] == 0.0 and both["sqnr_db"] == math.inf
+    assert both["psnr_db"] == math.inf and both["cos_rows_min"] == 1.0
+    ref_zero = tensor_metrics(z, x).values
+    assert ref_zero["cosine"] == 0.0 and ref_zero["rel_l2"] == math.inf and ref_zero["sqnr_db"] == -math.inf
+    assert ref_zero["psnr_db"] == -math.inf
+    check(z, x, tensor_metrics(z, x))
+    cand_zero = tensor_metrics(x, z).values
+    assert cand_zero["cosine"] == 0.0 and cand_zero["rel_l2"] == 1.0 and cand_zero["cos_rows_mean"] == 0.0
+
+
+def test_nan_and_inf_are_counted_and_excluded():
+    a = np.array([[1.0, np.nan, 3.0, np.inf, 5.0], [np.nan, 2.0, -np.inf, 1.0, 0.5]], np.float32)
+    b = np.array([[1.1, 2.0, np.nan, np.inf, 5.0], [np.nan, 2.5, np.inf, np.nan, 0.5]], np.float32)
+    got = tensor_metrics(a, b)
+    assert got.status == "ok"
+    assert got.excluded == 6
+    assert got.values["nan_mismatch"] == 3.0  # [0,1], [0,2], [1,3]
+    assert got.values["inf_mismatch"] == 1.0  # [1,2] -inf vs +inf ([0,3] is inf on both sides)
+    check(a, b, got)
+
+
+def test_all_non_finite_gives_no_numbers():
+    a = np.array([np.nan, np.inf])
+    got = tensor_metrics(a, a.copy())
+    assert got.status == "no-finite" and got.values["rel_l2"] is None and got.values["nan_mismatch"] == 0
+
+
+def test_empty_and_zero_d():
+    e = tensor_metrics(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32))
+    assert e.status == "empty" and e.values["max_abs_diff"] is None
+    a, b = np.array(2.0, np.float32), np.array(2.5, np.float32)
+    got = tensor_metrics(a, b)
+    check(a, b, got)
+    assert got.values["max_abs_diff"] == 0.5 and got.values["cos_rows_mean"] == 1.0
+
+
+def test_bfloat16_against_float32_is_measured_exactly():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((6, 40)).astype(np.float32)
+    b16 = decode(bfloat16_bits(a), "bfloat16")  # bfloat16 values as float32, exact
+    got = tensor_metrics(a, b16)
+    check(a, b16.astype(np.float64), got)
+    assert got.values["max_abs_diff"] > 0
+
+
+def test_allclose_uses_polygraphy_rule():
+    a = np.array([1000.0, 1.0, 0.0])
+    b = np.array([1000.005, 1.00002, 0.00002])  # within rtol; within neither; within neither (|a|=0)
+    got = tensor_metrics(a, b).values
+    assert got["allclose_frac"] == pytest.approx(1 / 3)
+
+
+def test_integer_records():
+    a = np.arange(10, dtype=np.int64)
+    b = a.copy()
+    b[3] = 4
+    check(a, b, tensor_metrics(a, b))
+
+
+def test_stats_only_relative_differences():
+    a, b = compute_stats(np.array([1.0, 2.0, 3.0])), compute_stats(np.array([1.0, 2.0, 3.3]))
+    v = stats_metrics(a, b).values
+    assert v["stats_rel_max"] == pytest.approx(0.1)
+    assert v["stats_rel_l2"] == pytest.approx(abs(math.sqrt(1 + 4 + 3.3 ** 2) - math.sqrt(14)) / math.sqrt(14))
+    assert v["stats_rel_min"] == 0.0 and v["nan_count_diff"] == 0.0
