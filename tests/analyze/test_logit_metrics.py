@@ -1,0 +1,101 @@
+"""Logit metrics (METRICS.md section 2) against reference_impl.logit_reference, row by row."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analyze.logit_metrics import LOGIT_METRICS, nll_only, token_metrics, topk_indices
+from protocol import bfloat16_bits, decode
+
+from .reference_impl import logit_reference
+
+
+@pytest.mark.parametrize("vocab", [50, 1000, 4000])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_metric_matches_reference(vocab, threads):
+    rng = np.random.default_rng(vocab)
+    n = 9
+    a = (3 * rng.standard_normal((n, vocab))).astype(np.float32)
+    b = (a + 0.3 * rng.standard_normal((n, vocab))).astype(np.float32)
+    labels = rng.integers(0, vocab, n)
+    labels[2] = -1
+    got = token_metrics(a, b, labels, threads=threads)
+    assert set(got) == set(LOGIT_METRICS)
+    for i in range(n):
+        want = logit_reference(a[i], b[i], None if labels[i] < 0 else labels[i])
+        for name, w in want.items():
+            assert got[name][i] == pytest.approx(w, rel=1e-9, abs=1e-13), (name, i)
+    assert math.isnan(got["nll_ref"][2]) and math.isnan(got["delta_p"][2])
+
+
+def test_identical_logits():
+    a = np.random.default_rng(0).standard_normal((4, 300))
+    got = token_metrics(a, a.copy(), np.array([1, 2, 3, 4]))
+    for name in ("kl", "kl_reverse", "js", "kl_abs_variant", "delta_p", "fms_diff_mean", "fms_prob_mean"):
+        assert np.allclose(got[name], 0.0, atol=1e-14), name
+    assert (got["top1_agree"] == 1).all() and (got["topk_overlap"] == 1).all()
+
+
+def test_kl_abs_variant_bounds_kl_and_js_bounded_by_ln2():
+    rng = np.random.default_rng(5)
+    a = 5 * rng.standard_normal((20, 500))
+    b = 5 * rng.standard_normal((20, 500))  # unrelated distributions
+    got = token_metrics(a, b)
+    assert (got["kl_abs_variant"] >= got["kl"] - 1e-12).all()
+    assert (got["js"] <= math.log(2) + 1e-12).all() and (got["js"] >= -1e-12).all()
+
+
+def test_masked_vocabulary_minus_inf():
+    a = np.array([[0.0, 1.0, -np.inf, 2.0], [0.5, -np.inf, -np.inf, 1.0]])
+    b = np.array([[0.1, 1.0, -np.inf, 2.1], [0.4, -np.inf, -np.inf, 1.2]])
+    got = token_metrics(a, b, np.array([3, 0]))
+    for i in range(2):
+        keep = np.isfinite(a[i])
+        want = logit_reference(a[i][keep], b[i][keep])
+        for name in ("kl", "kl_reverse", "js", "kl_abs_variant"):
+            assert got[name][i] == pytest.approx(want[name], rel=1e-9, abs=1e-15), name
+    assert np.isfinite(got["nll_ref"]).all()
+
+
+def test_nan_logits_give_nan_row_without_crash():
+    a = np.random.default_rng(1).standard_normal((3, 64))
+    b = a.copy()
+    b[1, 5] = np.nan
+    got = token_metrics(a, b)
+    assert math.isnan(got["kl"][1]) and got["kl"][0] == pytest.approx(0.0, abs=1e-14)
+
+
+def test_bfloat16_candidate():
+    rng = np.random.default_rng(2)
+    a = (2 * rng.standard_normal((5, 256))).astype(np.float32)
+    b = decode(bfloat16_bits(a), "bfloat16")
+    got = token_metrics(a, b)
+    for i in range(5):
+        assert got["kl"][i] == pytest.approx(logit_reference(a[i], b[i])["kl"], rel=1e-8, abs=1e-15)
+
+
+@pytest.mark.parametrize("vocab,k", [(128 * 30 + 7, 10), (128 * 50, 20), (100, 5)])
+def test_topk_prefilter_equals_full_sort(vocab, k):
+    rows = np.random.default_rng(vocab).standard_normal((6, vocab))
+    got = np.sort(topk_indices(rows, k), axis=1)
+    want = np.sort(np.argsort(-rows, axis=1)[:, :k], axis=1)
+    assert (got == want).all()
+
+
+def test_nll_only_matches_reference():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((7, 90)).astype(np.float32)
+    labels = rng.integers(0, 90, 7)
+    labels[0] = -1
+    got = nll_only(a, labels)
+    assert math.isnan(got[0])
+    for i in range(1, 7):
+        assert got[i] == pytest.approx(logit_reference(a[i], a[i], labels[i])["nll_ref"], rel=1e-12)
+
+
+def test_empty_and_bad_shapes():
+    assert token_metrics(np.zeros((0, 5)), np.zeros((0, 5)))["kl"].size == 0
+    with pytest.raises(ValueError):
+        token_metrics(np.zeros((2, 5)), np.zeros((2, 6)))
