@@ -134,8 +134,6 @@ def analyze_pair(root: str, task: PairTask) -> dict:
     Returns:
         ``{"kind": "report", "verdict", "first", "path"}`` or ``{"kind": "error", "label", "message", "path"}``.
     """
-    import inspect
-
     from analyze import compare
 
     folder = SharedFolder(root)
@@ -146,7 +144,7 @@ def analyze_pair(root: str, task: PairTask) -> dict:
             return {"kind": "error", "label": label, "message": exc.message,
                     "path": write_error_report(folder, task.run_id, label, path, exc)}
     kwargs = {"inputs": task.inputs_path}
-    if task.thresholds and "thresholds" in inspect.signature(compare).parameters:
+    if task.thresholds and compare_accepts_thresholds():
         kwargs["thresholds"] = task.thresholds
     try:
         report = compare(task.ref_path, task.cand_path, **kwargs)
@@ -154,16 +152,36 @@ def analyze_pair(root: str, task: PairTask) -> dict:
         return {"kind": "error", "label": task.candidate, "message": exc.message,
                 "path": write_error_report(folder, task.run_id, task.candidate, task.cand_path, exc, task.reference)}
     os.makedirs(os.path.dirname(task.report_base), exist_ok=True)
-    if hasattr(report, "write_csv"):
-        report.write_csv(os.path.dirname(task.report_base))
-    if hasattr(report, "write_html"):
+    _write_csv_files(report, task.report_base)
+    if hasattr(report, "write_html"):  # the HTML report lands with a later issue
         report.write_html(task.report_base + ".html")
     final = task.report_base + ".json"
-    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{os.getpid()}.tmp")
-    report.write_json(tmp)
-    os.replace(tmp, final)  # last: its presence means the pair is done
+    report.write_json(final)  # last, and atomic: its presence means the pair is done
     return {"kind": "report", "verdict": str(getattr(report, "verdict", "?")),
             "first": describe_divergence(getattr(report, "first_divergence", None)), "path": final}
+
+
+def _write_csv_files(report, base: str) -> None:
+    """Write the report's CSV tables as ``<base>.csv`` (per site) and ``<base>.<table>.csv`` (records, logits,
+    unmatched): Report.write_csv writes fixed names into a folder, so write them into a private folder first."""
+    scratch = os.path.join(os.path.dirname(base), f".{os.path.basename(base)}.csv.{os.getpid()}")
+    os.makedirs(scratch, exist_ok=True)
+    try:
+        for path in report.write_csv(scratch):
+            table = os.path.basename(path)[:-len(".csv")]
+            os.replace(path, f"{base}.csv" if table == "sites" else f"{base}.{table}.csv")
+    finally:
+        for name in os.listdir(scratch):
+            os.unlink(os.path.join(scratch, name))
+        os.rmdir(scratch)
+
+
+def compare_accepts_thresholds() -> bool:
+    """Whether this analyzer's ``compare`` applies a thresholds file (it lands with the thresholds issue)."""
+    import inspect
+
+    from analyze import compare
+    return "thresholds" in inspect.signature(compare).parameters
 
 
 def describe_divergence(first) -> str:
@@ -211,6 +229,9 @@ class Watcher:
             raise JobError("thresholds file not found", settings.thresholds)
         self.settings = settings
         self.folder = SharedFolder(settings.root).ensure_layout()
+        if settings.thresholds and not compare_accepts_thresholds():
+            log.warning("thresholds %s: this analyzer does not apply thresholds files yet; reports use its default "
+                        "tolerances", settings.thresholds)
         self.reports = self.errors = 0
         self._stop = threading.Event()
         self._dirty: "queue.Queue[str]" = queue.Queue()

@@ -227,6 +227,7 @@ class Agent:
         beat.start()
         work = os.path.join(os.path.dirname(final), work_dump_name(claim.label, claim.attempt))
         try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             self._busy = True
             try:
                 summary = self._capture(job, claim.label, work)
