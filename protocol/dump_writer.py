@@ -322,9 +322,11 @@ class DumpWriter:
         if stored.size:
             try:
                 ds.write_direct(np.ascontiguousarray(stored))
-                # flush now: a write that fails later (disk full) in a cached chunk is otherwise only reported,
-                # and ignored, when h5py deallocates the dataset, and HDF5 can crash on the next call
-                ds.flush()
+                # flush chunked data now: a write that fails later (disk full) in a cached chunk is otherwise only
+                # reported, and ignored, when h5py deallocates the dataset, and HDF5 can crash on the next call
+                # (contiguous datasets are written through, so their errors surface above)
+                if ds.chunks:
+                    ds.flush()
             except (OSError, RuntimeError) as exc:
                 error = _write_error(exc, self.path)
                 del ds  # release the dataset while its file is open: HDF5 crashes releasing it after abort()
