@@ -105,8 +105,9 @@ class RecordSink:
         with self._cond:
             self._raise_if_failed()
             start = time.perf_counter()
-            # a single record larger than the bound is admitted alone, so progress never stops
-            while self._queue and self._queued_bytes + nbytes > self.max_queue_bytes and self._error is None:
+            # a single record larger than the bound is admitted alone (nothing queued nor being written), so
+            # progress never stops and memory stays within max(bound, largest record)
+            while self._queued_bytes and self._queued_bytes + nbytes > self.max_queue_bytes and self._error is None:
                 self._cond.wait()
             self.blocked_seconds += time.perf_counter() - start
             self._raise_if_failed()
