@@ -1,0 +1,117 @@
+"""Capture agents on a shared folder: racing agents, killed and stopped agents, refused jobs (real processes)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+from protocol import SharedFolder, open_dump
+from protocol.jobs import work_dump_name
+
+from .conftest import claim_of, make_inputs, submit_job, wait_for
+
+AGENT = ("agent", "--poll-interval", "0.1", "--heartbeat-timeout", "30")
+
+
+def test_four_agents_of_one_label_capture_each_of_20_jobs_exactly_once(procs, shared_root, tmp_path):
+    inputs = make_inputs(str(tmp_path / "tiny.h5"), samples=1, length=4)
+    for i in range(20):
+        submit_job(shared_root, inputs, f"run{i:02d}", ["cpu"], "cpu")
+    agents = [procs.start(*AGENT, shared_root, "--label", "cpu", "--once", name=f"agent{n}") for n in range(4)]
+    for agent in agents:
+        assert agent.wait(timeout=150) == 0, agent.log()
+    folder = SharedFolder(shared_root)
+    done_lines = [line for a in agents for line in a.log().splitlines() if ": done in " in line]
+    assert len(done_lines) == 20, "\n".join(done_lines)
+    for i in range(20):
+        claim = claim_of(shared_root, f"run{i:02d}", "cpu")
+        assert claim.status == "done" and claim.attempt == 1 and claim.taken_over is None
+        assert claim.dump == f"dumps/run{i:02d}/cpu.h5"
+        with open_dump(folder.dump_path(f"run{i:02d}", "cpu")) as dump:
+            assert dump.manifest.run_id == f"run{i:02d}" and dump.manifest.label == "cpu" and len(dump) > 10
+    assert sorted(os.listdir(os.path.join(shared_root, "dumps", "run00"))) == ["cpu.h5"]
+    assert not any("took over" in a.log() for a in agents)
+
+
+def _slow_job(shared_root: str, tmp_path, run_id: str) -> None:
+    """A job whose capture takes seconds (many samples), so that an agent can be stopped in the middle of it."""
+    inputs = make_inputs(str(tmp_path / f"{run_id}-inputs.h5"), samples=400, length=16, seed=1)
+    submit_job(shared_root, inputs, run_id, ["cpu"], "cpu")
+
+
+def test_agent_killed_mid_capture_is_resumed_once_and_its_partial_kept_aside(procs, shared_root, tmp_path):
+    _slow_job(shared_root, tmp_path, "slow")
+    dump_dir = os.path.join(shared_root, "dumps", "slow")
+    partial = os.path.join(dump_dir, work_dump_name("cpu", 1) + ".partial")
+    first = procs.start(*AGENT, shared_root, "--label", "cpu", name="first")
+    wait_for(lambda: os.path.exists(partial), 120, "the first capture to start writing", procs, alive=(first,))
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(timeout=30)
+    assert claim_of(shared_root, "slow", "cpu").status == "running"  # nobody said otherwise
+    second = procs.start(*AGENT, shared_root, "--label", "cpu", "--once", name="second")
+    assert second.wait(timeout=150) == 0, second.log()
+    claim = claim_of(shared_root, "slow", "cpu")
+    assert claim.status == "done" and claim.attempt == 2
+    assert claim.taken_over["previous_agent"]["pid"] == first.pid
+    assert "is gone" in claim.taken_over["reason"]
+    assert claim.taken_over["stale_files"] == ["dumps/slow/cpu.h5.partial.stale-1"]
+    assert sorted(os.listdir(dump_dir)) == ["cpu.h5", "cpu.h5.partial.stale-1"]
+    with open_dump(os.path.join(dump_dir, "cpu.h5")) as dump:
+        assert dump.manifest.run_id == "slow" and len({r.key.sample for r in dump.records()}) == 400
+    assert second.log().count(": done in ") == 1
+
+
+def test_sigterm_abandons_the_capture_cleanly_and_a_restart_resumes_it(procs, shared_root, tmp_path):
+    _slow_job(shared_root, tmp_path, "slow")
+    partial = os.path.join(shared_root, "dumps", "slow", work_dump_name("cpu", 1) + ".partial")
+    first = procs.start(*AGENT, shared_root, "--label", "cpu", name="first")
+    wait_for(lambda: os.path.exists(partial), 120, "the capture to start writing", procs, alive=(first,))
+    assert first.terminate(timeout=30) == 0, first.log()
+    claim = claim_of(shared_root, "slow", "cpu")
+    assert claim.status == "failed" and claim.error == "abandoned" and claim.finished
+    assert os.listdir(os.path.join(shared_root, "dumps", "slow")) == []  # the writer removed its partial file
+    assert "abandoned (agent stopped)" in first.log()
+    second = procs.start(*AGENT, shared_root, "--label", "cpu", "--once", name="second")
+    assert second.wait(timeout=150) == 0, second.log()
+    claim = claim_of(shared_root, "slow", "cpu")
+    assert claim.status == "done" and claim.attempt == 2 and claim.taken_over["reason"] == "abandoned by its agent"
+    assert claim.taken_over["stale_files"] == []
+
+
+def _hand_written_job(root: str, run_id: str, model_path: str) -> None:
+    sha = os.path.basename(glob.glob(os.path.join(root, "inputs", "*.h5"))[0])[:-3]
+    doc = {"format": "tensorparity.job", "format_version": "1.0", "run_id": run_id, "created": "2026-01-01T00:00:00",
+           "model": {"path": model_path}, "backend": "torch", "inputs": sha, "mode": "forward",
+           "max_new_tokens": 0, "policy": {"rules": [], "default": "stats", "byte_budget": None},
+           "labels": ["cpu"], "reference": "cpu", "targets": {}, "thresholds": None}
+    with open(os.path.join(root, "jobs", f"{run_id}.json"), "w") as fh:
+        json.dump(doc, fh)
+
+
+def test_jobs_escaping_the_shared_folder_are_refused_not_executed(procs, shared_root, tmp_path, parity_exe):
+    inputs = make_inputs(str(tmp_path / "tiny.h5"), samples=1, length=4)
+    submit_job(shared_root, inputs, "good", ["cpu"], "cpu")
+    outside = tmp_path / "outside-model"
+    shutil.copytree(os.path.join(shared_root, "models", "tiny-llama"), outside)  # a real model, but outside ROOT
+    os.symlink(outside, os.path.join(shared_root, "models", "link-out"))
+    _hand_written_job(shared_root, "dotdot", "../outside-model")
+    _hand_written_job(shared_root, "symlink", "models/link-out")
+    _hand_written_job(shared_root, "nomodel", "models/missing")
+    agent = procs.start(*AGENT, shared_root, "--label", "cpu", "--once", name="agent")
+    assert agent.wait(timeout=120) == 0, agent.log()
+    assert claim_of(shared_root, "good", "cpu").status == "done"
+    for run_id, message in (("dotdot", "'../outside-model' escapes the shared folder"),
+                            ("symlink", "'models/link-out' escapes the shared folder"),
+                            ("nomodel", "model not found")):
+        claim = claim_of(shared_root, run_id, "cpu")
+        assert claim.status == "failed" and message in claim.error, claim.error
+        assert not os.path.exists(os.path.join(shared_root, "dumps", run_id, "cpu.h5"))
+    assert agent.log().count("refused, not executed") == 1  # dotdot: invalid as a document
+    out = subprocess.run([parity_exe, "status", shared_root], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines()}
+    assert lines["good"][3] == "done" and lines["dotdot"][3] == "failed"
+    assert "escapes the shared folder" in lines["dotdot"][-1]
