@@ -60,6 +60,7 @@ def over_tolerance(values: dict, tol: float, stats_only: bool = False) -> tuple[
         return False, None
     if rel is not None and (math.isnan(rel) or rel > tol):
         return True, "rel_l2"
-    if cos is not None and (math.isnan(cos) or cos < 1.0 - tol):
+    # rel_l2 == 0 means a == b exactly; the computed cosine can still round to 1 - 1 ulp (exact dtypes, tol 0)
+    if cos is not None and (math.isnan(cos) or (cos < 1.0 - tol and rel != 0.0)):
         return True, "cosine"
     return False, None
