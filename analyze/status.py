@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 
 from protocol import JobError, SharedFolder, parse_dump_name
 from protocol.jobs import read_claim, read_job, seconds_since, stale_reason
+
+_ATTEMPT_RE = re.compile(r"\.attempt\d+$")  # claims kept aside by a takeover: <label>.attempt<n>.json
 
 
 @dataclass
@@ -78,6 +81,12 @@ def _run_status(folder: SharedFolder, run_id: str, timeout: float) -> RunStatus:
     else:
         status = RunStatus(run_id, job.reference)
         labels = list(job.labels)
+    claim_dir = os.path.join(folder.sub("claims"), run_id)
+    for name in sorted(os.listdir(claim_dir)) if os.path.isdir(claim_dir) else []:
+        label = name[:-len(".json")]
+        if name.endswith(".json") and not name.startswith(".") and not _ATTEMPT_RE.search(label) \
+                and label not in labels:
+            labels.append(label)  # a claim of a label the job does not name (or of a job that is invalid)
     dump_dir = os.path.join(folder.sub("dumps"), run_id)
     present = {}
     for name in sorted(os.listdir(dump_dir)) if os.path.isdir(dump_dir) else []:

@@ -13,6 +13,7 @@ fails its job with a clear error instead of stopping the agent.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import shutil
@@ -245,6 +246,10 @@ class Agent:
                      claim.attempt)
         except AgentStopped:
             beat.stop()
+            try:  # the writer removes its partial file; this covers a stop that came before it could
+                os.unlink(work + ".partial")
+            except FileNotFoundError:
+                pass
             update_claim(self.folder, claim, status="failed", error=ABANDONED, finished=utc_now())
             log.warning("job %s label %s: abandoned (agent stopped); another agent or a restart resumes it",
                         job.run_id, claim.label)
@@ -302,6 +307,10 @@ def load_backend(name: str, model: str, *, device: str, dtype: str, attn_impleme
                  provider: str | None = None):
     """Import the backend ``name`` and open ``model`` with it.
 
+    The torch backend takes device and dtype; the ONNX backends take an execution provider (``provider``, or
+    ``cuda``/``cpu`` from the device) and run the dtype their graph was built with. Each backend receives the
+    options its factory accepts.
+
     Raises:
         CaptureError: the backend is unknown or not available on this host (not installed, or not built yet).
     """
@@ -313,13 +322,13 @@ def load_backend(name: str, model: str, *, device: str, dtype: str, attn_impleme
     except (ImportError, AttributeError) as exc:
         raise CaptureError(f"backend {name!r} is not available on this agent ({exc})",
                            hint=f"install tensorparity[{name}] on this host, or run this label elsewhere") from None
-    kwargs = {"device": device, "dtype": dtype}
-    if name == "torch":
-        kwargs.update(attn_implementation=attn_implementation, trust_remote_code=False)
-    elif provider:
-        kwargs["provider"] = provider
-    return cls.from_pretrained(model, **kwargs)
-
+    factory = getattr(cls, "from_pretrained", None) or cls
+    ep = provider or ("cuda" if device.startswith("cuda") else "cpu")
+    options = {"device": device, "dtype": dtype, "attn_implementation": attn_implementation,
+               "trust_remote_code": False, "ep": ep, "provider": ep}
+    params = inspect.signature(factory).parameters
+    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return factory(model, **{k: v for k, v in options.items() if v is not None and (any_keyword or k in params)})
 
 def submit_job(root: str, job: Job, inputs_path: str) -> str:
     """Copy an input set into ROOT/inputs/<sha256>.h5 (once) and write the job atomically under ROOT/jobs/.

@@ -50,6 +50,9 @@ def status_cmd(root, as_json, heartbeat_timeout):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if not rows:
+        click.echo(f"no runs in {root}", err=True)
+        return
     if not sys.stdout.isatty():
         for row in rows:
             click.echo("\t".join(_cell(row, key) for _, key in _COLUMNS))

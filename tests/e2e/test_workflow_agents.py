@@ -38,7 +38,7 @@ def test_four_agents_of_one_label_capture_each_of_20_jobs_exactly_once(procs, sh
 
 def _slow_job(shared_root: str, tmp_path, run_id: str) -> None:
     """A job whose capture takes seconds (many samples), so that an agent can be stopped in the middle of it."""
-    inputs = make_inputs(str(tmp_path / f"{run_id}-inputs.h5"), samples=400, length=16, seed=1)
+    inputs = make_inputs(str(tmp_path / f"{run_id}-inputs.h5"), samples=60, length=16, seed=1)
     submit_job(shared_root, inputs, run_id, ["cpu"], "cpu")
 
 
@@ -60,7 +60,7 @@ def test_agent_killed_mid_capture_is_resumed_once_and_its_partial_kept_aside(pro
     assert claim.taken_over["stale_files"] == ["dumps/slow/cpu.h5.partial.stale-1"]
     assert sorted(os.listdir(dump_dir)) == ["cpu.h5", "cpu.h5.partial.stale-1"]
     with open_dump(os.path.join(dump_dir, "cpu.h5")) as dump:
-        assert dump.manifest.run_id == "slow" and len({r.key.sample for r in dump.records()}) == 400
+        assert dump.manifest.run_id == "slow" and len({r.key.sample for r in dump.records()}) == 60
     assert second.log().count(": done in ") == 1
 
 
