@@ -308,3 +308,25 @@ def session_feeds(session, arrays: dict, inputs_path, index: int) -> dict:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_capture(backend: CaptureBackend, inputs_path: str, output: str, options: CaptureOptions, *,
+                show_progress: bool | None = None):
+    """Read an input set and capture it with ``backend`` into ``output``, with a progress bar over samples x steps.
+
+    Returns:
+        The CaptureSummary.
+
+    Raises:
+        ParityError: a bad input set, an existing output, or any capture error.
+    """
+    from protocol import read_input_set
+    from protocol.console import progress
+    if os.path.exists(output):
+        raise CaptureError("a dump already exists under this name", output,
+                           "choose another output name; tensorparity never overwrites a dump")
+    inputs = read_input_set(inputs_path)
+    count = min(len(inputs), options.max_samples or len(inputs))
+    steps = 1 if options.mode == "forward" else max(options.max_new_tokens, 1)
+    with progress(count * steps, f"capturing {options.label or 'dump'}", enabled=show_progress) as bar:
+        return backend.capture(inputs, output, options, progress=bar)

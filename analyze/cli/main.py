@@ -21,12 +21,15 @@ CAPTURE_COMMANDS: dict = {
     # PyTorch capture
     "torch": ("capture.cli.torch_cmd:torch_cmd", "Capture every module of a PyTorch / transformers model."),
     # ONNX / ORT GenAI capture
+    "onnx": ("capture.cli.onnx_cmd:onnx_cmd", "Capture an ONNX model's intermediate values with ONNX Runtime."),
+    "genai": ("capture.cli.genai_cmd:genai_cmd", "Capture an ORT GenAI model's logits (and intermediates)."),
 }
 INPUTS_COMMANDS: dict = {
     # text / tokens input sets
     "text": ("capture.cli.inputs_cmd:text_cmd", "Tokenize a corpus once into chunks or strided windows."),
     "tokens": ("capture.cli.inputs_cmd:tokens_cmd", "Make an input set from the arrays of an .npz file."),
     # random input sets from an ONNX I/O spec
+    "random": ("capture.cli.random_inputs_cmd:random_inputs_cmd", "Random inputs from an ONNX model's input spec."),
 }
 THRESHOLDS_COMMANDS: dict = {
     # thresholds build / check
