@@ -106,7 +106,9 @@ class TorchBackend(CaptureBackend):
         check = self._unhooked_outputs(samples[0], options.mode) if options.check_perturbation else None
         result: dict = {"capture": {"steps": steps, "stop_at_eos": False}}
         hooked_first = None
-        with torch.inference_mode(), torch_capture(self.model, sink, options.policy, selection=self.selection) as cap:
+        # no_grad rather than inference_mode: inference tensors have no version counter, which the hooks need to
+        # share one tensor's statistics and copy between the sites it reaches (see torch_hooks)
+        with torch.no_grad(), torch_capture(self.model, sink, options.policy, selection=self.selection) as cap:
             for i, sample in enumerate(samples):
                 feed = self._tensors(sample, inputs.path)
                 if options.mode == "forward":
@@ -171,7 +173,7 @@ class TorchBackend(CaptureBackend):
     def _unhooked_outputs(self, sample, mode: str) -> list:
         """The final outputs of the first sample's first step, run without any hook (observer-effect check)."""
         feed = self._tensors(sample, None)
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self.model(**feed, **(self._no_cache() if mode == "forward" else {"use_cache": True}))
         return _final_outputs(out)
 

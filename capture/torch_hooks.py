@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -103,12 +104,14 @@ class TorchCapture:
     enabled: bool = True
     _calls: dict = field(default_factory=dict)
     _open: dict = field(default_factory=dict)
+    _seen: dict = field(default_factory=dict)
 
     def at(self, sample: int, step: int = 0) -> None:
         """Set the position of the next forward; resets call indices (they count calls within one step)."""
         self.sample, self.step = int(sample), int(step)
         self._calls.clear()
         self._open.clear()
+        self._seen.clear()
 
     # -- hooks -----------------------------------------------------------------------------------------------------
 
@@ -143,22 +146,56 @@ class TorchCapture:
         key = RecordKey(self.sample, self.step, site, call)
         dtype = logical_dtype(t.dtype)
         shape = tuple(t.shape)
-        t = t.detach()
+        seen = self._lookup(t)
         if rule.action != "stats":
-            data, aux = _reduce(t, rule)
+            data, aux = _reduce(t.detach(), rule)
             nbytes = data.numel() * data.element_size() + (aux.numel() * aux.element_size() if aux is not None else 0)
             if self.sink.reserve(nbytes):
-                stats = torch_stats(t)
-                resolve = _copy_for_writer(data, aux, stats)
-                storage = "full" if rule.action == "full" else rule.action
-                self.sink.put(PendingRecord(key, dtype, shape, storage, nbytes, resolve, module_type,
+                stats = seen.stats if seen is not None else torch_stats(t)
+                shared = seen.resolve() if rule.action == "full" and seen is not None and seen.resolve else None
+                # the very tensor was copied already and that copy still waits in the queue: share it
+                resolve = shared or _copy_for_writer(data, aux, stats)
+                self._remember(t, seen, stats, resolve if rule.action == "full" else None)
+                self.sink.put(PendingRecord(key, dtype, shape, rule.action, nbytes, resolve, module_type,
                                             rule.reduction()))
                 self.records += 1
                 return
-        stats = torch_stats(t)
+        stats = seen.stats if seen is not None else torch_stats(t)
+        self._remember(t, seen, stats, None)
         self.sink.put(PendingRecord(key, dtype, shape, "stats", _STATS_RECORD_BYTES, lambda: Resolved(stats),
                                     module_type))
         self.records += 1
+
+    # -- one tensor, several sites ---------------------------------------------------------------------------------
+    # A module's output is usually the next module's input (and q/k/v projections share one input): the same tensor
+    # object reaches several sites. Its statistics (and full copy) are computed once per step, as long as it is
+    # provably unchanged: same object (a weak reference, so nothing is kept alive) and same autograd version
+    # counter. Inference tensors have no version counter, so under inference_mode nothing is shared.
+
+    def _lookup(self, t: torch.Tensor) -> "_Seen | None":
+        entry = self._seen.get(id(t))
+        if entry is None or entry.ref() is not t or t.is_inference() or entry.version != t._version:
+            return None
+        return entry
+
+    def _remember(self, t: torch.Tensor, seen: "_Seen | None", stats, resolve) -> None:
+        if t.is_inference():
+            return
+        # the copy is held weakly: it lives while a queued record needs it, so sharing never holds extra memory
+        if seen is None:
+            self._seen[id(t)] = _Seen(weakref.ref(t), t._version, stats, weakref.ref(resolve) if resolve else None)
+        elif resolve is not None and (seen.resolve is None or seen.resolve() is None):
+            seen.resolve = weakref.ref(resolve)
+
+
+@dataclass
+class _Seen:
+    """What is known of a tensor already recorded in this step."""
+
+    ref: weakref.ref
+    version: int
+    stats: object
+    resolve: weakref.ref | None = None
 
 
 def _reduce(t: torch.Tensor, rule: Rule) -> tuple[torch.Tensor, torch.Tensor | None]:

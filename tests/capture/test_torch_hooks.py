@@ -10,15 +10,15 @@ import torch
 from capture.flatten import flatten
 from capture.policy import RecordPolicy
 from capture.torch_hooks import ModuleSelection, torch_capture
-from capture.torch_stats import torch_stats
+from capture.torch_stats import device_stats, torch_stats
 from protocol import DumpWriter, Manifest, compute_stats, open_dump
 
 from .conftest import token_input_set
 
 
-def _capture(model, path, feeds, policy=None, selection=None):
+def _capture(model, path, feeds, policy=None, selection=None, mode=torch.inference_mode):
     """Run ``model(**feed)`` for each feed (sample i) under the hooks; return the dump's records by key text."""
-    with torch.inference_mode(), torch_capture(model, DumpWriter(path, Manifest(label="t")), policy,
+    with mode(), torch_capture(model, DumpWriter(path, Manifest(label="t")), policy,
                                                selection=selection) as cap:
         for i, feed in enumerate(feeds):
             cap.at(i, 0)
@@ -185,8 +185,9 @@ def test_device_statistics_agree_with_protocol(dtype):
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(700, 901, generator=gen, dtype=torch.float64) * 3 + 50  # 630k elements: 3 blocks
     t = (base > 50) if dtype == "bool" else base.to(getattr(torch, dtype))
-    got = torch_stats(t)
+    got = device_stats(t)  # the accelerator path, run here on the CPU
     want = compute_stats(t.float().numpy() if dtype == "bfloat16" else t.numpy())
+    assert torch_stats(t) == want
     assert (got.numel, got.nan_count, got.inf_count, got.min, got.max, got.abs_max) == \
         (want.numel, want.nan_count, want.inf_count, want.min, want.max, want.abs_max)
     for name in ("mean", "std", "l2"):
@@ -195,8 +196,37 @@ def test_device_statistics_agree_with_protocol(dtype):
 
 def test_device_statistics_of_non_finite_and_empty_tensors():
     t = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 3.0, float("nan")])
-    got, want = torch_stats(t), compute_stats(t.numpy())
-    assert got == want
-    nothing = torch_stats(torch.tensor([float("nan"), float("inf")]))
+    got, want = device_stats(t), compute_stats(t.numpy())
+    assert (got.numel, got.min, got.max, got.nan_count, got.inf_count) == (5 + 1, 1.0, 3.0, 2, 2)
+    assert math.isclose(got.mean, want.mean, rel_tol=1e-15) and math.isclose(got.std, want.std, rel_tol=1e-15)
+    nothing = device_stats(torch.tensor([float("nan"), float("inf")]))
     assert nothing.nan_count == 1 and nothing.inf_count == 1 and math.isnan(nothing.mean)
-    assert torch_stats(torch.zeros(0)).numel == 0
+    assert device_stats(torch.zeros(0)).numel == 0 and torch_stats(torch.zeros(0)).numel == 0
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("policy", ["full", "stats"])
+def test_a_tensor_changed_in_place_between_sites_is_recorded_as_it_was(tmp_path, mode, policy):
+    """Sites reached by one tensor share its statistics and copy only while it is unchanged (version counter)."""
+    from torch import nn
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Identity(), nn.Identity()
+
+        def forward(self, x):
+            y = self.first(x)  # the same object as x
+            y.mul_(2)
+            return self.second(y)
+
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    records = _capture(InPlace(), str(tmp_path / "d.h5"), [{"x": x.clone()}], RecordPolicy(default=policy),
+                       mode=mode)
+    before, after = x.numpy(), 2 * x.numpy()
+    for site, values in ((":in.kwargs.x", before), ("first:in.args.0", before), ("first:out", before),
+                         ("second:in.args.0", after), ("second:out", after), (":out", after)):
+        rec, data = records[f"s0/t0/{site}#0"]
+        assert rec.stats == compute_stats(values), site
+        if policy == "full":
+            np.testing.assert_array_equal(data, values, err_msg=site)

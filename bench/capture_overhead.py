@@ -1,0 +1,148 @@
+"""Capture overhead of the torch hooks (PERFORMANCE.md P1, P2; issue 3).
+
+A random Llama big enough to matter on CPU (default hidden 512, 8 layers, sequence 512, vocabulary 4096) runs:
+
+- bare: the forward without hooks (baseline of P1 and P2);
+- stats: statistics-only capture of every module's inputs and outputs (P1: time / bare, target <= 1.3);
+- full: full-tensor capture of every module to a dump (P2: (time - bare) / raw write of the same bytes, target
+  <= 1.4), where the raw write is plain h5py writing the very arrays of that dump (chunked as the writer chunks
+  them, fsync at close; bench.protocol_io.raw_write).
+
+Capture times run from the forward's start to the dump renamed into place (what a user waits for). Each variant
+runs ``--repeat`` times after a warm-up; the best time counts (the machine is shared and noisy).
+
+Run: ``python -m bench capture_overhead`` or ``python -m bench.capture_overhead --layers 4 --seq 256 --repeat 2``.
+Environment overrides for ``python -m bench``: BENCH_CAPTURE_LAYERS, BENCH_CAPTURE_HIDDEN, BENCH_CAPTURE_SEQ,
+BENCH_CAPTURE_REPEAT, BENCH_CAPTURE_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from bench import record
+from bench.protocol_io import raw_write
+from capture.policy import RecordPolicy
+from capture.sink import RecordSink
+from capture.torch_hooks import torch_capture
+from protocol import DumpWriter, Manifest, open_dump
+
+BENCH = "capture_overhead"
+
+
+def build_model(layers: int, hidden: int, vocab: int) -> torch.nn.Module:
+    """A random LlamaForCausalLM built from a config (no files)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                      num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
+                      num_key_value_heads=max(hidden // 128, 1), max_position_embeddings=4096)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _bare(model, feed) -> float:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model(**feed)
+    return time.perf_counter() - t0
+
+
+def _captured(model, feed, path: str, default: str) -> tuple[float, int, int]:
+    """One hooked forward into a new dump; returns (seconds, records, tensor bytes)."""
+    t0 = time.perf_counter()
+    with RecordSink(DumpWriter(path, Manifest(label=default)), max_queue_bytes=256 << 20) as sink, \
+            torch.no_grad(), torch_capture(model, sink, RecordPolicy(default=default)) as cap:
+        cap.at(0)
+        model(**feed)
+    return time.perf_counter() - t0, sink.records, sink.written_bytes
+
+
+def _best(fn, repeat: int) -> float:
+    return min(fn() for _ in range(repeat))
+
+
+def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, repeat: int = 3,
+        folder: str | None = None) -> list[dict]:
+    """Measure and record the figures; returns the JSON documents written."""
+    work = tempfile.mkdtemp(prefix="bench-capture-", dir=folder)
+    counter = iter(range(1 << 30))
+
+    def fresh(tag: str) -> str:
+        path = os.path.join(work, f"{tag}{next(counter)}.h5")
+        return path
+
+    def cleanup() -> None:
+        for name in os.listdir(work):
+            os.unlink(os.path.join(work, name))
+
+    try:
+        model = build_model(layers, hidden, vocab)
+        ids = torch.randint(4, vocab, (1, seq), generator=torch.Generator().manual_seed(0))
+        feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+        _bare(model, feed)  # warm-up: allocator, kernels
+        _captured(model, feed, fresh("warm"), "stats")
+        cleanup()
+        bare = _best(lambda: _bare(model, feed), repeat)
+        stats_runs = []
+        for _ in range(repeat):
+            stats_runs.append(_captured(model, feed, fresh("stats"), "stats"))
+            cleanup()
+        stats = min(r[0] for r in stats_runs)
+        full_runs = []
+        for _ in range(repeat):
+            path = fresh("full")
+            full_runs.append(_captured(model, feed, path, "full"))
+            kept = path
+            if len(full_runs) < repeat:
+                os.unlink(path)
+        full = min(r[0] for r in full_runs)
+        records, nbytes = full_runs[-1][1], full_runs[-1][2]
+        with open_dump(kept) as dump:  # the very arrays of the dump, as stored
+            arrays = [np.ascontiguousarray(dump.read(r, raw=True)) for r in dump.records() if r.has_data]
+        raw_path = os.path.join(work, "raw.h5")
+
+        def one_raw() -> float:
+            if os.path.exists(raw_path):
+                os.unlink(raw_path)
+            return raw_write(raw_path, arrays, "none")
+        raw = _best(one_raw, repeat)
+        del arrays
+        size = {"layers": layers, "hidden": hidden, "seq": seq, "vocab": vocab, "records": records,
+                "bytes": nbytes, "threads": torch.get_num_threads()}
+        docs = [
+            record(BENCH, "bare_forward", bare, "s", extra=size),
+            record(BENCH, "P1_stats_capture", stats, "s", baseline=bare, ratio=stats / bare, target="<=1.3",
+                   extra={**size, "records": stats_runs[-1][1]}),
+            record(BENCH, "full_capture", full, "s", baseline=bare, ratio=full / bare, extra=size),
+            record(BENCH, "raw_h5py_write", raw, "s", extra={**size, "gb_per_s": nbytes / raw / 1e9}),
+            record(BENCH, "P2_full_minus_bare_vs_raw", full - bare, "s", baseline=raw, ratio=(full - bare) / raw,
+                   target="<=1.4", extra=size),
+        ]
+        return docs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``python -m bench`` (no arguments: environment defaults) and direct runs."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=int(env("BENCH_CAPTURE_LAYERS", 8)))
+    p.add_argument("--hidden", type=int, default=int(env("BENCH_CAPTURE_HIDDEN", 512)))
+    p.add_argument("--seq", type=int, default=int(env("BENCH_CAPTURE_SEQ", 512)))
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--repeat", type=int, default=int(env("BENCH_CAPTURE_REPEAT", 3)))
+    p.add_argument("--dir", default=env("BENCH_CAPTURE_DIR"), help="folder for the dumps (default: temp)")
+    a = p.parse_args(argv if argv is not None else [])
+    run(a.layers, a.hidden, a.seq, a.vocab, a.repeat, a.dir)
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])
