@@ -54,14 +54,16 @@ class GenaiBackend(CaptureBackend):
         include_ops, exclude_ops, name_regex: filters for the injected values.
         rename: rename rules for module paths (default: GENAI_BUILDER_RENAMES, the builder's names -> HF names).
         reference_sites: a dump whose site forms the mapped sites take (see onnx_names).
-        scratch_dir: where the scratch copy goes (default: a hidden folder inside model_dir's parent folder).
+        scratch_dir: where the scratch copy goes (default: a hidden folder inside model_dir).
+        prompt_feed: ``auto`` (whole prompt, falling back to one token at a time when the build returns fewer
+            positions) or ``token`` (always one token at a time).
     """
 
     method = "ort-genai"
 
     def __init__(self, model_dir: str, *, intermediates: bool = False, include_ops=None, exclude_ops=None,
                  name_regex: str | None = None, rename=None, reference_sites: str | None = None,
-                 scratch_dir: str | None = None):
+                 scratch_dir: str | None = None, prompt_feed: str = "auto"):
         model_dir = os.path.abspath(os.fspath(model_dir))
         config_path = os.path.join(model_dir, "genai_config.json")
         if not os.path.isfile(config_path):
@@ -81,6 +83,9 @@ class GenaiBackend(CaptureBackend):
         if others:
             raise CaptureError(f"this folder holds a composite model ({decoder['filename']}, {', '.join(others)})",
                                model_dir, "capture each component separately with 'parity capture onnx FILE.onnx'")
+        if prompt_feed not in ("auto", "token"):
+            raise CaptureError(f"unknown prompt feed {prompt_feed!r}", hint="use auto or token")
+        self.prompt_feed = prompt_feed
         self.model_dir = model_dir
         self.model_file = os.path.join(model_dir, decoder["filename"])
         self.intermediates = intermediates
@@ -170,7 +175,7 @@ class GenaiBackend(CaptureBackend):
         outputs = {"logits": gen.get_output("logits")}
         for name, *_ in plan:
             outputs[name] = gen.get_output(name)
-        fell_back = outputs["logits"].ndim != 3 or outputs["logits"].shape[1] != length
+        fell_back = self.prompt_feed == "token" or outputs["logits"].ndim != 3 or outputs["logits"].shape[1] != length
         if fell_back:
             log.info("the build returned logits of shape %s for a %d-token prompt: feeding it token by token",
                      outputs["logits"].shape, length)
