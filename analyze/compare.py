@@ -29,7 +29,8 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None = None,
             logit_sites: str | None = None, tolerances: dict | None = None,
             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-            topk: int = DEFAULT_TOPK, show_progress: bool | None = None) -> Report:
+            topk: int = DEFAULT_TOPK, show_progress: bool | None = None, thresholds=None, floor=None,
+            max_failure_rate: float = 0.01) -> Report:
     """Compare a candidate dump with a reference dump.
 
     Args:
@@ -43,6 +44,11 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         chunk_elements: elements per block read from disk (memory bound).
         atol, rtol: ``allclose_frac`` tolerances. topk: ``topk_overlap``'s k.
         show_progress: progress bar on stderr (default: when stderr is a terminal).
+        thresholds: a thresholds file, document or ``thresholds.Thresholds``: sites are judged against them
+            (report.thresholds) and they replace the default tolerance in the first-divergence walk.
+        floor: a noise-floor dump (the reference captured a second time on its own device): the walk judges each
+            record's error in excess of the floor's error for the same key (report.localization).
+        max_failure_rate: allowed share of tokens over a logit threshold.
 
     Returns:
         A Report (``report.verdict``, ``report.exit_code``, ``report.sites``, ``report.first_divergence``...).
@@ -51,12 +57,21 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         InputSetMismatchError: the dumps (or the given input set) consumed different input sets.
         PairingError: different world sizes, or inconsistent rank files.
         ValueError: an unknown metric name or an invalid regex.
+        ThresholdFileError: a missing or malformed thresholds file.
         ParityError subclasses: unreadable dumps.
     """
     unknown = sorted(set(metrics or ()) - set(ALL_METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
     started = time.perf_counter()
+    from .threshold_check import apply_thresholds
+    from .thresholds import as_thresholds
+    thresholds = as_thresholds(thresholds) if thresholds is not None else None  # a bad file fails before any work
+    floor_report = None
+    if floor is not None:
+        floor_report = compare(ref_path, floor, metrics=["rel_l2", "stats_rel_l2", "cosine"], sites=sites,
+                               logit_sites=logit_sites, tolerances=tolerances, chunk_elements=chunk_elements,
+                               show_progress=show_progress)
     ref = open_side(ref_path)
     try:
         cand = open_side(cand_path)
@@ -75,7 +90,9 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
                                 "sha256": ref.manifest.inputs_sha256 or None},
                         options={"metrics": list(metrics) if metrics else "all", "sites": sites,
                                  "logit_sites": logit_sites or ":out.logits", "tolerances": table, "atol": atol,
-                                 "rtol": rtol, "topk": topk, "chunk_elements": chunk_elements},
+                                 "rtol": rtol, "topk": topk, "chunk_elements": chunk_elements,
+                                 "thresholds": thresholds.path if thresholds is not None else None,
+                                 "max_failure_rate": max_failure_rate},
                         warnings=warnings,
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         multi = ref.world_size > 1
@@ -110,6 +127,15 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
                 for r in ls.records:
                     r.means = {m: v for m, v in r.means.items() if m in keep}
         report.first_divergence = _first_divergence(report.sites)
+        checked = None
+        if thresholds is not None:
+            checked = apply_thresholds(report, thresholds, max_failure_rate=max_failure_rate, inputs=inputset)
+            report.thresholds = {k: v for k, v in checked.items() if k != "site_results"}
+        from .localize import attach_localization
+        attach_localization(report, ref, cand, site_thresholds=checked["site_results"] if checked else None,
+                            floor_report=floor_report, chunk_elements=chunk_elements)
+        if floor_report is not None:
+            report.options["floor"] = floor_report.candidate["paths"]
         report.totals = {
             "sites": len(report.sites), "records": total,
             "over_tolerance": sum(s.over_tolerance for s in report.sites),

@@ -16,7 +16,7 @@ import numpy as np
 from protocol import atomic_write_json
 from protocol.errors import ReportError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 REPORT_KIND = "tensorparity.report"
 
 
@@ -133,6 +133,9 @@ class Report:
             ``r<rank>:`` for multi-rank dumps).
         errors: ``[{"key", "rank", "site", "error"}]`` for records that could not be compared.
         logits: LogitSiteResults. warnings: text lines. first_divergence: dict or None.
+        thresholds: the applied thresholds (threshold_check.apply_thresholds, without ``site_results``), or None.
+        localization: the localization block (localize.attach_localization): error curve, gain ranking, worst
+            elements of the first divergent site; None in reports of schema 1.0.
     """
 
     reference: dict
@@ -149,11 +152,15 @@ class Report:
     schema_version: str = SCHEMA_VERSION
     created: str = ""
     duration_s: float = 0.0
+    thresholds: dict | None = None
+    localization: dict | None = None
 
     @property
     def verdict(self) -> str:
-        """``diverged`` when a site is over tolerance or a record could not be compared, else ``pass``."""
-        return "diverged" if self.first_divergence is not None or self.errors else "pass"
+        """``diverged`` when a site is over tolerance (over its threshold when thresholds were applied), a logit
+        failure rate is over its allowed rate, or a record could not be compared; else ``pass``."""
+        failed = self.thresholds is not None and not self.thresholds.get("passed", True)
+        return "diverged" if self.first_divergence is not None or self.errors or failed else "pass"
 
     @property
     def exit_code(self) -> int:
@@ -176,7 +183,8 @@ class Report:
                "first_divergence": self.first_divergence,
                "sites": [asdict(s) | {"name": s.name} for s in self.sites],
                "unmatched": self.unmatched, "errors": self.errors,
-               "logits": [_logit_site_dict(ls, tokens) for ls in self.logits]}
+               "logits": [_logit_site_dict(ls, tokens) for ls in self.logits],
+               "thresholds": self.thresholds, "localization": self.localization}
         return _plain(doc)
 
     def write_json(self, path: str | os.PathLike, *, tokens: bool = False) -> None:
@@ -308,14 +316,24 @@ def _fmt(v) -> str:
     return f"{v:.1e}"
 
 
+def _gain_value(g) -> str:
+    return "inf (error from exact inputs)" if g is not None and math.isinf(g) else f"{g:.3g}"
+
+
+def _gain_text(g) -> str:
+    return "" if g is None else "  gain=inf" if math.isinf(g) else f"  gain={g:.3g}"
+
+
 def summary_lines(report: Report) -> list[str]:
     """The terminal summary: one grep-able line per site over tolerance or in error (execution order), then totals.
 
     ``FAIL  #41 model.layers.3.mlp:out  rel_l2=3.1e-02 > 1.0e-02  cos=0.9991``
     """
     lines = []
+    th = report.thresholds
+    gains = {e["site"]: e.get("gain") for e in (report.localization or {}).get("curve", [])}
     for s in report.sites:
-        if s.over_tolerance:
+        if s.over_tolerance and th is None:
             metric = s.decided_by or "rel_l2"
             value = s.worst.get(metric)
             if metric == "cosine":
@@ -325,10 +343,14 @@ def summary_lines(report: Report) -> list[str]:
             extra = f"  cos={s.worst['cosine']:.4f}" if metric != "cosine" and s.worst.get("cosine") is not None \
                 else ""
             kind = "  (stats-only)" if s.kind == "stats-only" else ""
-            lines.append(f"FAIL  #{s.index} {s.name}  {test}{extra}{kind}")
+            lines.append(f"FAIL  #{s.index} {s.name}  {test}{extra}{kind}{_gain_text(gains.get(s.name))}")
         if s.errors:
             err = next(r.error for r in s.records if r.error)
             lines.append(f"ERROR #{s.index} {s.name}  {err}")
+    if th is not None:
+        from .threshold_check import check_lines
+        lines.extend(line + (_gain_text(gains.get(line.split()[2])) if line.startswith("FAIL  #") else "")
+                     for line in check_lines(th))
     t = report.totals
     lines.append(f"sites: {t.get('sites', 0)} compared, {t.get('over_tolerance', 0)} over tolerance, "
                  f"{t.get('error_records', 0)} records in error; unmatched: "
@@ -346,6 +368,12 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(text)
     fd = report.first_divergence
     if fd:
-        lines.append(f"first divergence: #{fd['index']} {fd['site']} ({fd['metric']}={_fmt(fd['value'])})")
+        lines.append(f"first divergence: #{fd['index']} {fd['site']} ({fd['metric']}={_fmt(fd['value'])})"
+                     f"{_gain_text(fd.get('gain'))}")
+    ranking = (report.localization or {}).get("gain_ranking") or []
+    if ranking and report.verdict != "pass":
+        g = ranking[0]
+        lines.append(f"top error gain: {g['module']} (gain {_gain_value(g['gain'])}: input error "
+                     f"{_fmt(g['in_error'])}, output error {_fmt(g['out_error'])})")
     lines.append(f"verdict: {report.verdict}")
     return lines

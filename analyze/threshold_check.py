@@ -1,0 +1,193 @@
+"""Applying a thresholds file to a report: pass/fail per site, failure rates per logit metric (thresholds.py builds
+and reads the files; this module judges a report against one)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from protocol.errors import ReportError
+
+from .localize import _get, report_sites
+from .thresholds import (DEFAULT_MAX_FAILURE_RATE, MAX_LISTED_TOKENS, MAX_WORST_SITES, SITE_METRICS,
+                         as_thresholds, logit_token_values)
+
+
+def _ratio(metric: str, value: float, limit: float) -> tuple[float, bool]:
+    """How far a value is from its limit on the badness scale (1 = at the limit), and whether it fails.
+
+    Pass/fail compares on the metric's own scale (exact: a limit built with margin 1 from this very value passes)."""
+    if value is None or math.isnan(value):
+        return math.inf, True
+    if SITE_METRICS.get(metric) == "min":
+        bad, lim, fail = 1.0 - value, 1.0 - limit, value < limit
+    else:
+        bad, lim, fail = value, limit, value > limit
+    if lim <= 0.0:
+        return (math.inf if bad > 0.0 else 0.0), fail
+    return bad / lim, fail
+
+
+def _check_site(v, limits: dict) -> dict:
+    worst = None
+    failed = 0
+    for r in v.records:
+        found = []
+        if r["status"] == "error":
+            found.append((math.inf, True, "error", None, None))
+        else:
+            m = r["metrics"]
+            for name in ("nan_mismatch", "inf_mismatch"):  # NaN/Inf on one side: never within any threshold
+                if m.get(name):
+                    found.append((math.inf, True, name, m[name], 0.0))
+            for metric, entry in limits.items():
+                if metric in m:
+                    ratio, fail = _ratio(metric, m[metric], entry["limit"])
+                    found.append((ratio, fail, metric, m[metric], entry["limit"]))
+        if any(f[1] for f in found):
+            failed += 1
+        for ratio, fail, metric, value, limit in found:
+            rank = (fail, -1.0 if math.isnan(ratio) else ratio)
+            if worst is None or rank > worst[0]:
+                worst = (rank, metric, value, limit, r["key"], ratio)
+    out = {"index": v.index, "site": v.name, "failed": failed > 0, "records": len(v.records),
+           "records_failed": failed, "metric": None, "value": None, "limit": None, "direction": None,
+           "ratio": None, "key": None}
+    if worst is not None:
+        _, metric, value, limit, key, ratio = worst
+        out.update(metric=metric, value=value, limit=limit, key=key, ratio=ratio,
+                   direction=SITE_METRICS.get(metric, "max"))
+    return out
+
+
+def _token_ids(inputs, sample: int, step: int, position: int) -> tuple:
+    if inputs is None or step != 0 or sample >= len(inputs.samples):
+        return None, None
+    ids = inputs.samples[sample].arrays.get("input_ids")
+    if ids is None:
+        return None, None
+    flat = np.asarray(ids).reshape(-1)
+    token = int(flat[position]) if position < flat.size else None
+    nxt = int(flat[position + 1]) if position + 1 < flat.size else None
+    return token, nxt
+
+
+def _check_logits(ls, limits: dict, max_failure_rate: float, inputs, report_path) -> list:
+    out = []
+    site = _get(ls, "site")
+    for metric, entry in limits.items():
+        got = logit_token_values(ls, metric)
+        if got is None:
+            raise ReportError(f"the logits of site {site} carry no per-token {metric} values, so its failure rate "
+                              "cannot be counted", report_path,
+                              "write the report with 'parity compare --tokens', or pass --thresholds to "
+                              "'parity compare' directly")
+        vals, where = got
+        limit = entry["limit"]
+        with np.errstate(invalid="ignore"):
+            over = np.isnan(vals) | (vals > limit)
+        n, failed = int(vals.size), int(over.sum())
+        rate = failed / n if n else 0.0
+        idx = np.nonzero(over)[0]
+        order = idx[np.argsort(-np.nan_to_num(vals[idx], nan=np.inf), kind="stable")][:MAX_LISTED_TOKENS]
+        tokens = []
+        for i in order:
+            sample, step, rank, pos = where[i]
+            token, nxt = _token_ids(inputs, sample, step, pos)
+            tokens.append({"sample": sample, "step": step, "rank": rank, "position": pos, "token": token,
+                           "next_token": nxt, "value": float(vals[i])})
+        out.append({"site": site, "metric": metric, "limit": limit, "tokens": n, "failed_tokens": failed,
+                    "failure_rate": rate, "max_failure_rate": max_failure_rate, "passed": rate <= max_failure_rate,
+                    "failing_tokens": tokens, "listed": len(tokens)})
+    return out
+
+
+def apply_thresholds(report, thresholds, *, max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE, inputs=None,
+                     report_path: str | None = None) -> dict:
+    """Judge a report against thresholds.
+
+    Args:
+        report: a Report (in memory, with per-token logit values) or a report dict (``read_report``; its logit
+            records need ``per_token`` values, i.e. written with ``--tokens``, when a logits site is thresholded).
+        thresholds: a Thresholds, a thresholds document, or a path.
+        max_failure_rate: the allowed share of tokens over a logit limit (0.01 = 1%).
+        inputs: the InputSet, to name the token ids of failing tokens (optional).
+        report_path: named in error messages.
+
+    Returns:
+        ``{"file", "statistic", "margin", "max_failure_rate", "passed", "sites_checked", "sites_failed",
+        "failures": [site results that failed, execution order], "worst_sites": [the highest ratios],
+        "unthresholded": [sites of the report without thresholds], "missing": [thresholded sites absent from the
+        report], "logits": [per logits site and metric: limit, tokens, failed_tokens, failure_rate, passed,
+        failing_tokens: [{"sample", "step", "rank", "position", "token", "next_token", "value"}]],
+        "site_results": {name: site result}}``. A site result is ``{"index", "site", "failed", "records",
+        "records_failed", "metric", "value", "limit", "direction", "ratio", "key"}`` (the worst record's values;
+        ratio = badness / limit badness).
+
+    Raises:
+        ThresholdFileError: a bad thresholds file. ReportError: a thresholded logits site without per-token values.
+        ValueError: max_failure_rate outside [0, 1].
+    """
+    if not 0.0 <= max_failure_rate <= 1.0:
+        raise ValueError("max_failure_rate must be within [0, 1]")
+    th = as_thresholds(thresholds)
+    site_results, unthresholded = {}, []
+    for v in report_sites(report):
+        limits = th.sites.get(v.name)
+        if limits is None:
+            unthresholded.append(v.name)
+            continue
+        site_results[v.name] = _check_site(v, limits)
+    failures = [r for r in site_results.values() if r["failed"]]
+    ranked = [r for r in site_results.values() if r["ratio"] is not None]
+    worst = sorted(ranked, key=lambda r: (-(-1.0 if math.isnan(r["ratio"]) else r["ratio"]), r["index"]))
+    logits = []
+    seen_logits = set()
+    for ls in _get(report, "logits") or []:
+        site = _get(ls, "site")
+        seen_logits.add(site)
+        if site in th.logits:
+            logits.extend(_check_logits(ls, th.logits[site], max_failure_rate, inputs, report_path))
+    missing = [n for n in th.sites if n not in site_results] + [s for s in th.logits if s not in seen_logits]
+    prov = th.provenance
+    return {"file": th.path, "statistic": prov.get("statistic"), "margin": prov.get("margin"),
+            "max_failure_rate": max_failure_rate, "passed": not failures and all(x["passed"] for x in logits),
+            "sites_checked": len(site_results), "sites_failed": len(failures), "failures": failures,
+            "worst_sites": worst[:MAX_WORST_SITES], "unthresholded": unthresholded, "missing": missing,
+            "logits": logits, "site_results": site_results}
+
+
+def check_lines(result: dict) -> list[str]:
+    """Terminal lines of a threshold check: one per failing site and logit metric, then a verdict line."""
+    lines = []
+    for f in result["failures"]:
+        lines.append(f"FAIL  #{f['index']} {f['site']}  {_test_text(f)}  ({f['records_failed']}/{f['records']} "
+                     "records)")
+    for lg in result["logits"]:
+        state = "FAIL" if not lg["passed"] else "ok  "
+        lines.append(f"{state}  logits {lg['site']} {lg['metric']}: {lg['failed_tokens']}/{lg['tokens']} tokens over "
+                     f"{lg['limit']:.3g} = {100 * lg['failure_rate']:.2f}% (allowed "
+                     f"{100 * lg['max_failure_rate']:.2f}%)")
+        for t in lg["failing_tokens"][:5] if not lg["passed"] else []:
+            lines.append(f"        sample {t['sample']} step {t['step']} position {t['position']} token "
+                         f"{t['token'] if t['token'] is not None else '?'}: {t['value']:.4g}")
+    if result["worst_sites"]:
+        w = result["worst_sites"][0]
+        lines.append(f"worst site: #{w['index']} {w['site']} {w['metric']} at {_ratio_text(w['ratio'])} of its limit")
+    lines.append(f"thresholds: {result['sites_checked']} sites checked, {result['sites_failed']} failed, "
+                 f"{len(result['unthresholded'])} without threshold; "
+                 f"{'passed' if result['passed'] else 'FAILED'}")
+    return lines
+
+
+def _ratio_text(r) -> str:
+    return "inf" if r is None or math.isinf(r) else f"{r:.3g}x"
+
+
+def _test_text(f: dict) -> str:
+    if f["metric"] == "error":
+        return "record could not be compared"
+    op = "<" if f["direction"] == "min" else ">"
+    value = f"{f['value']:.6g}" if f["direction"] == "min" else f"{f['value']:.1e}"
+    limit = f"{f['limit']:.6g}" if f["direction"] == "min" else f"{f['limit']:.1e}"
+    return f"{f['metric']}={value} {op} {limit} (threshold)"
