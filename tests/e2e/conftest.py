@@ -6,6 +6,7 @@ bounded and fails with the processes' logs instead of hanging.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -183,6 +184,15 @@ def submit_job(root: str, inputs_path: str, run_id: str, labels: list[str], refe
     job = Job(run_id=run_id, model={"path": "models/tiny-llama"}, backend="torch", inputs="0" * 64,
               labels=labels, reference=reference, **fields)
     return submit(root, job, inputs_path)
+
+
+def no_failed_claims(root: str) -> None:
+    """Fail at once when any claim of ROOT failed (a wait for a report would otherwise run into its timeout)."""
+    for path in glob.glob(os.path.join(root, "claims", "*", "*.json")):
+        if ".attempt" not in os.path.basename(path):
+            claim = read_claim(path)
+            if claim.status == "failed":
+                pytest.fail(f"{claim.run_id}/{claim.label} failed: {claim.error}")
 
 
 def claim_of(root: str, run_id: str, label: str):

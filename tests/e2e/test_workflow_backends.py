@@ -8,7 +8,7 @@ import pytest
 
 from protocol import SharedFolder, open_dump
 
-from .conftest import claim_of, make_inputs, read_json, submit_job, wait_for
+from .conftest import claim_of, make_inputs, no_failed_claims, read_json, submit_job, wait_for
 
 AGENT = ("agent", "--poll-interval", "0.1")
 
@@ -17,8 +17,7 @@ AGENT = ("agent", "--poll-interval", "0.1")
 def test_torch_reference_and_onnx_runtime_candidate_are_captured_and_compared(procs, shared_root, tmp_path):
     from tests.capture.onnx_fixtures import SEQ, exported
     onnx_dir = os.path.join(shared_root, "models", "tiny-llama-onnx")
-    os.makedirs(onnx_dir)
-    shutil.copy(exported("llama", "dynamo"), os.path.join(onnx_dir, "model.onnx"))  # the same seeded weights
+    shutil.copytree(os.path.dirname(exported("llama", "dynamo")), onnx_dir)  # graph and data; same seeded weights
     inputs = make_inputs(str(tmp_path / "prompts.h5"), samples=2, length=SEQ)
     submit_job(shared_root, inputs, "torch-vs-ort", ["torch-fp32", "ort-cpu"], "torch-fp32",
                targets={"ort-cpu": {"backend": "onnx", "model": {"path": "models/tiny-llama-onnx"},
@@ -28,7 +27,7 @@ def test_torch_reference_and_onnx_runtime_candidate_are_captured_and_compared(pr
     agents = (procs.start(*AGENT, shared_root, "--label", "torch-fp32", name="torch"),
               procs.start(*AGENT, shared_root, "--label", "ort-cpu", name="ort"))
     report_path = folder.pair_report_base("torch-vs-ort", "torch-fp32", "ort-cpu") + ".json"
-    wait_for(lambda: os.path.exists(report_path), 300, "the torch vs ORT report", procs, alive=(watcher, *agents))
+    wait_for(lambda: no_failed_claims(shared_root) or os.path.exists(report_path), 300, "the torch vs ORT report", procs, alive=(watcher, *agents))
     assert claim_of(shared_root, "torch-vs-ort", "ort-cpu").status == "done"
     with open_dump(folder.dump_path("torch-vs-ort", "ort-cpu")) as dump:
         assert dump.manifest.capture["method"] == "onnx-output-injection"

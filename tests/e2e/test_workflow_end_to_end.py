@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from analyze.cli.main import cli
 from protocol import SharedFolder, open_dump
 
-from .conftest import ENV, claim_of, make_inputs, read_json, wait_for
+from .conftest import ENV, claim_of, make_inputs, no_failed_claims, read_json, wait_for
 
 AGENT = ("agent", "--poll-interval", "0.1")
 
@@ -35,7 +35,7 @@ def test_two_agents_and_a_watcher_report_both_runs_with_the_right_verdicts(procs
     _submit(parity_exe, shared_root, inputs, "same-dtype", "--target", "cpu-bf16:dtype=float32")
     reports = {run: folder.pair_report_base(run, "cpu-fp32", "cpu-bf16") + ".json"
                for run in ("bf16-drift", "same-dtype")}
-    wait_for(lambda: all(os.path.exists(p) for p in reports.values()), 180, "both reports", procs,
+    wait_for(lambda: no_failed_claims(shared_root) or all(os.path.exists(p) for p in reports.values()), 180, "both reports", procs,
              alive=(watcher, *agents))
 
     drift, same = read_json(reports["bf16-drift"]), read_json(reports["same-dtype"])
