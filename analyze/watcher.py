@@ -229,9 +229,13 @@ class Watcher:
             raise JobError("thresholds file not found", settings.thresholds)
         self.settings = settings
         self.folder = SharedFolder(settings.root).ensure_layout()
-        if settings.thresholds and not compare_accepts_thresholds():
-            log.warning("thresholds %s: this analyzer does not apply thresholds files yet; reports use its default "
-                        "tolerances", settings.thresholds)
+        if settings.thresholds:
+            if compare_accepts_thresholds():
+                from .thresholds import as_thresholds
+                as_thresholds(settings.thresholds)  # a bad file stops the watcher now, not in every analysis
+            else:
+                log.warning("thresholds %s: this analyzer does not apply thresholds files; reports use its "
+                            "default tolerances", settings.thresholds)
         self.reports = self.errors = 0
         self._stop = threading.Event()
         self._dirty: "queue.Queue[str]" = queue.Queue()

@@ -98,3 +98,27 @@ def test_watcher_killed_mid_analysis_writes_exactly_one_report_per_pair_after_re
     assert second.log().count(" vs ref: ") == len(runs) - len(before), second.log()
     for run_id in runs:
         assert read_json(folder.pair_report_base(run_id, "ref", "cand") + ".json")["verdict"] == "diverged"
+
+
+def test_watch_applies_a_thresholds_file_and_refuses_a_bad_one(procs, tmp_path):
+    from analyze.thresholds import build_thresholds, write_thresholds
+    folder = SharedFolder(tmp_path / "shared").ensure_layout()
+    for run_id in ("baseline", "judged"):
+        dump_dir = _run(folder, run_id, ["ref", "cand"])
+        write_small_dump(os.path.join(dump_dir, "ref.h5"), run_id, "ref")
+        write_small_dump(os.path.join(dump_dir, "cand.h5"), run_id, "cand", scale=1e-3)
+    first = procs.start("watch", "--once", folder.root, name="first")
+    assert first.wait(timeout=120) == 0, first.log()
+    baseline = folder.pair_report_base("baseline", "ref", "cand") + ".json"
+    assert read_json(baseline)["verdict"] == "diverged"  # 1e-3 drift is over the float32 default tolerance
+    write_thresholds(build_thresholds([baseline], stat="max", margin=2.0), str(tmp_path / "th.json"))
+    os.unlink(folder.pair_report_base("judged", "ref", "cand") + ".json")  # judge it again, with thresholds
+    second = procs.start("watch", "--once", "--thresholds", tmp_path / "th.json", folder.root, name="second")
+    assert second.wait(timeout=120) == 0, second.log()
+    judged = read_json(folder.pair_report_base("judged", "ref", "cand") + ".json")
+    assert judged["thresholds"] is not None and judged["verdict"] == "pass", judged["thresholds"]
+    assert second.log().count(" vs ref: ") == 1  # the baseline pair was not analysed again
+    with open(tmp_path / "bad.json", "w") as fh:
+        fh.write("{}")
+    bad = procs.start("watch", "--thresholds", tmp_path / "bad.json", folder.root, name="bad")
+    assert bad.wait(timeout=60) == 3 and "not a thresholds file" in bad.log()
