@@ -191,3 +191,32 @@ def _test_text(f: dict) -> str:
     value = f"{f['value']:.6g}" if f["direction"] == "min" else f"{f['value']:.1e}"
     limit = f"{f['limit']:.6g}" if f["direction"] == "min" else f"{f['limit']:.1e}"
     return f"{f['metric']}={value} {op} {limit} (threshold)"
+
+
+def check_report_file(report_path, thresholds, *, max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE) -> dict:
+    """``parity thresholds check``: read a report (and, when it can be found, its input set for token ids) and
+    judge it against thresholds (see ``apply_thresholds``).
+
+    Raises:
+        ReportError: an unreadable report. ThresholdFileError: a bad thresholds file.
+    """
+    import os
+
+    from protocol import read_input_set
+    from protocol.errors import ParityError
+
+    from .report import read_report
+    th = as_thresholds(thresholds)  # a bad thresholds file fails first, before the report is read
+    doc = read_report(report_path)
+    inputs = None
+    path = (doc.get("inputs") or {}).get("path")
+    if path and os.path.isfile(path):
+        try:
+            inputs = read_input_set(path)
+        except ParityError:  # token ids are a convenience: the check does not need them
+            inputs = None
+    result = apply_thresholds(doc, th, max_failure_rate=max_failure_rate, inputs=inputs,
+                              report_path=os.fspath(report_path))
+    if doc.get("errors"):
+        result["passed"] = False
+    return result

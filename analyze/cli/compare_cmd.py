@@ -60,24 +60,38 @@ def _tolerances(ctx, param, value):
 @click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="DTYPE=TOL",
               help="Override a default tolerance (METRICS.md section 6), e.g. float32=1e-4.")
 @click.option("--tokens", is_flag=True, help="Include per-token logit metrics in the JSON report.")
-def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tolerances, tokens) -> None:
+@click.option("--thresholds", "thresholds_path", type=click.Path(dir_okay=False), default=None,
+              help="Judge sites and logit failure rates against this thresholds file (parity thresholds build).")
+@click.option("--max-failure-rate", type=click.FloatRange(min=0, max=1), default=0.01, show_default=True,
+              help="With --thresholds: allowed share of tokens over a logit threshold.")
+@click.option("--floor", type=click.Path(), default=None,
+              help="Noise-floor dump (the reference captured again on its own device): judge the excess over it.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the self-contained HTML report here.")
+def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tolerances, tokens, thresholds_path,
+                max_failure_rate, floor, html_path) -> None:
     """Compare the candidate dump CAND with the reference dump REF, site by site in execution order.
 
     Prints one line per site over the default tolerance (rel_l2 > tol or cosine < 1 - tol, tol set by the
     lower-precision dtype), then totals. For multi-rank captures give every rank of REF, then every rank of CAND
     (or a folder or a quoted glob per side). Exit code 0 when every site is within tolerance, 1 on divergence,
-    2 on usage errors, 3 when a file is unusable or the dumps consumed different input sets.
+    2 on usage errors, 3 when a file is unusable or the dumps consumed different input sets. With --thresholds the
+    thresholds replace the default tolerance; with --floor a site diverges only by its excess over the noise floor.
+    The summary names the first divergent site and the module with the largest error gain (output error / input
+    error).
 
     \b
     Example:
       parity compare dumps/cpu-fp32.h5 dumps/cpu-bf16.h5 --inputs inputs.h5 -o report.json --csv report_csv
+      parity compare dumps/cpu-fp32.h5 dumps/gpu-fp16.h5 --thresholds th.json --html report.html
     """
     from analyze.compare import compare
     from analyze.report import summary_lines
 
     ref, cand = _split_sides(dumps)
     report = compare(ref if len(ref) > 1 else ref[0], cand if len(cand) > 1 else cand[0], inputs=inputs,
-                     metrics=metrics, sites=sites, logit_sites=logits_site, tolerances=tolerances)
+                     metrics=metrics, sites=sites, logit_sites=logits_site, tolerances=tolerances,
+                     thresholds=thresholds_path, max_failure_rate=max_failure_rate, floor=floor)
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     for line in summary_lines(report):
@@ -88,4 +102,8 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
     if csv_dir:
         report.write_csv(csv_dir)
         click.echo(f"csv: {csv_dir}")
+    if html_path:
+        from analyze.html_report import write_html
+        write_html(report, html_path)
+        click.echo(f"html: {html_path}")
     raise SystemExit(report.exit_code)

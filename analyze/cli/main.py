@@ -33,6 +33,8 @@ INPUTS_COMMANDS: dict = {
 }
 THRESHOLDS_COMMANDS: dict = {
     # thresholds build / check
+    "build": ("analyze.cli.thresholds_cmd:build_cmd", "Build per-site thresholds from baseline reports."),
+    "check": ("analyze.cli.thresholds_cmd:check_cmd", "Judge a report against a thresholds file."),
 }
 COMMANDS: dict = {
     "inspect": ("analyze.cli.inspect_cmd:inspect_cmd", "Show a dump's or input set's manifest and records."),
@@ -42,6 +44,8 @@ COMMANDS: dict = {
     "kl": ("analyze.cli.kl_cmd:kl_cmd", "Pairwise KL divergence of several dumps' logits."),
     "ppl": ("analyze.cli.ppl_cmd:ppl_cmd", "Perplexity of a dump's logits on its input set."),
     # reports, demo
+    "report": ("analyze.cli.report_cmd:report_cmd", "Render a saved report as a self-contained HTML page."),
+    "demo": ("analyze.cli.demo_cmd:demo_cmd", "Run the whole job on a tiny built-in Llama, offline."),
     # shared-folder workflow: submit / agent / watch / status
     "submit": ("capture.cli.submit_cmd:submit_cmd", "Write a capture job into a shared folder."),
     "agent": ("capture.cli.agent_cmd:agent_cmd", "Capture the shared folder's jobs of one label (daemon)."),
