@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean-venv
+.PHONY: test demo bench venv clean-venv chromium
 
 venv: $(STAMP)
 
@@ -16,8 +16,19 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[all,test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The HTML report is tested in a real headless browser: Debian's chromium (a downloaded browser does not run here).
+# Idempotent: installs only when no chromium is on the PATH (sudo when not root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The main job on a built-in tiny Llama, offline: reports go to a new folder under demo-out/.
+demo: $(STAMP)
+	$(VENV)/bin/parity demo --out demo-out
 
 bench: $(STAMP)
 	$(PY) -m bench
