@@ -106,8 +106,9 @@ def load_graph_only(path: str) -> onnx.ModelProto:
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others
-        raise CaptureError(f"not a readable ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                           path, "check that the file is a complete .onnx model") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CaptureError(f"not a readable ONNX model ({reason})", path,
+                           "check that the file is a complete .onnx model") from None
 
 
 def link_external_data(src_dir: str, dst_dir: str, locations: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""``parity capture onnx MODEL.onnx --inputs INPUTS.h5 --label L -o OUT.h5``: ONNX Runtime capture by output injection."""
+"""``parity capture onnx MODEL.onnx --inputs IN.h5 --label L -o OUT.h5``: ONNX Runtime capture by output injection."""
 from __future__ import annotations
 
 import click
@@ -19,7 +19,8 @@ def _split(values) -> list[str]:
               help="Option for the execution provider, e.g. device_id=0. Repeatable.")
 @click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "layout", "all"]),
               default="all", show_default=True, help="ORT graph optimization level (recorded in the manifest).")
-@click.option("--op", "include_ops", multiple=True, help="Capture only outputs of these op types (comma list, repeatable).")
+@click.option("--op", "include_ops", multiple=True,
+              help="Capture only outputs of these op types (comma list, repeatable).")
 @click.option("--exclude-op", "exclude_ops", multiple=True, help="Leave out these op types (comma list, repeatable).")
 @click.option("--name-regex", default=None, help="Capture only values whose value or node name matches this regex.")
 @click.option("--outputs-only", is_flag=True, help="Record the graph outputs only (no injection).")
