@@ -1,6 +1,6 @@
 """Map ONNX values to record sites (module paths), so an ONNX dump pairs with a PyTorch dump layer by layer.
 
-The rules (capture/ONNX_NAMING.md, merged into SPEC.md's naming section):
+The rules (protocol/SPEC.md section 12, "Naming ONNX values"):
 
 1. A node's scope chain comes from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, or else from a
    ``/``-scoped node name (TorchScript exporter, ORT GenAI builder): ``/model/layers.0/self_attn/q_proj/MatMul``
