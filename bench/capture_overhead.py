@@ -9,7 +9,8 @@ A random Llama big enough to matter on CPU (default hidden 512, 8 layers, sequen
   them, fsync at close; bench.protocol_io.raw_write).
 
 Capture times run from the forward's start to the dump renamed into place (what a user waits for). Each variant
-runs ``--repeat`` times after a warm-up; the best time counts (the machine is shared and noisy).
+runs ``--repeat`` times after a warm-up, in interleaved rounds; the best time counts (the machine is shared and
+noisy).
 
 Run: ``python -m bench capture_overhead`` or ``python -m bench.capture_overhead --layers 4 --seq 256 --repeat 2``.
 Environment overrides for ``python -m bench``: BENCH_CAPTURE_LAYERS, BENCH_CAPTURE_HIDDEN, BENCH_CAPTURE_SEQ,
@@ -88,19 +89,20 @@ def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, r
         _bare(model, feed)  # warm-up: allocator, kernels
         _captured(model, feed, fresh("warm"), "stats")
         cleanup()
-        bare = _best(lambda: _bare(model, feed), repeat)
-        stats_runs = []
+        # interleaved rounds (bare, stats, full): load changes on a shared machine hit every variant alike
+        bares, stats_runs, full_runs, kept = [], [], [], ""
         for _ in range(repeat):
+            bares.append(_bare(model, feed))
             stats_runs.append(_captured(model, feed, fresh("stats"), "stats"))
-            cleanup()
+            if kept:
+                os.unlink(kept)
+            kept = fresh("full")
+            full_runs.append(_captured(model, feed, kept, "full"))
+            for name in os.listdir(work):
+                if name.startswith("stats"):
+                    os.unlink(os.path.join(work, name))
+        bare = min(bares)
         stats = min(r[0] for r in stats_runs)
-        full_runs = []
-        for _ in range(repeat):
-            path = fresh("full")
-            full_runs.append(_captured(model, feed, path, "full"))
-            kept = path
-            if len(full_runs) < repeat:
-                os.unlink(path)
         full = min(r[0] for r in full_runs)
         records, nbytes = full_runs[-1][1], full_runs[-1][2]
         with open_dump(kept) as dump:  # the very arrays of the dump, as stored

@@ -106,8 +106,8 @@ class TorchBackend(CaptureBackend):
         check = self._unhooked_outputs(samples[0], options.mode) if options.check_perturbation else None
         result: dict = {"capture": {"steps": steps, "stop_at_eos": False}}
         hooked_first = None
-        # no_grad rather than inference_mode: inference tensors have no version counter, which the hooks need to
-        # share one tensor's statistics and copy between the sites it reaches (see torch_hooks)
+        # no_grad rather than inference_mode: inference tensors have no version counter (see torch_hooks'
+        # share_unchanged, off here: correctness first)
         with torch.no_grad(), torch_capture(self.model, sink, options.policy, selection=self.selection) as cap:
             for i, sample in enumerate(samples):
                 feed = self._tensors(sample, inputs.path)

@@ -26,6 +26,7 @@ from protocol import DumpWriter, RecordKey
 from .flatten import flatten
 from .policy import RecordPolicy, Rule
 from .sink import PendingRecord, RecordSink, Resolved
+from .torch_buffers import HostBufferPool
 from .torch_stats import torch_stats
 
 _STATS_RECORD_BYTES = 128  # what a statistics-only record weighs in the writer's queue
@@ -102,9 +103,11 @@ class TorchCapture:
     step: int = 0
     records: int = 0
     enabled: bool = True
+    share_unchanged: bool = False
     _calls: dict = field(default_factory=dict)
     _open: dict = field(default_factory=dict)
     _seen: dict = field(default_factory=dict)
+    _pool: HostBufferPool | None = None
 
     def at(self, sample: int, step: int = 0) -> None:
         """Set the position of the next forward; resets call indices (they count calls within one step)."""
@@ -154,7 +157,7 @@ class TorchCapture:
                 stats = seen.stats if seen is not None else torch_stats(t)
                 shared = seen.resolve() if rule.action == "full" and seen is not None and seen.resolve else None
                 # the very tensor was copied already and that copy still waits in the queue: share it
-                resolve = shared or _copy_for_writer(data, aux, stats)
+                resolve = shared or _copy_for_writer(data, aux, stats, self._pool)
                 self._remember(t, seen, stats, resolve if rule.action == "full" else None)
                 self.sink.put(PendingRecord(key, dtype, shape, rule.action, nbytes, resolve, module_type,
                                             rule.reduction()))
@@ -168,18 +171,21 @@ class TorchCapture:
 
     # -- one tensor, several sites ---------------------------------------------------------------------------------
     # A module's output is usually the next module's input (and q/k/v projections share one input): the same tensor
-    # object reaches several sites. Its statistics (and full copy) are computed once per step, as long as it is
-    # provably unchanged: same object (a weak reference, so nothing is kept alive) and same autograd version
-    # counter. Inference tensors have no version counter, so under inference_mode nothing is shared.
+    # object reaches several sites. With ``share_unchanged``, its statistics (and full copy) are computed once per
+    # step while it looks unchanged: same object (a weak reference, so nothing is kept alive) and same autograd
+    # version counter. Off by default: writes that bypass the version counter (torch.distributed collectives,
+    # custom kernels, ``.data``) would go unnoticed. Inference tensors have no version counter: never shared.
 
     def _lookup(self, t: torch.Tensor) -> "_Seen | None":
+        if not self.share_unchanged:
+            return None
         entry = self._seen.get(id(t))
         if entry is None or entry.ref() is not t or t.is_inference() or entry.version != t._version:
             return None
         return entry
 
     def _remember(self, t: torch.Tensor, seen: "_Seen | None", stats, resolve) -> None:
-        if t.is_inference():
+        if not self.share_unchanged or t.is_inference():
             return
         # the copy is held weakly: it lives while a queued record needs it, so sharing never holds extra memory
         if seen is None:
@@ -220,18 +226,18 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats):
+def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: HostBufferPool):
     """Copy now (the tensor may be changed in place after the hook returns); convert later on the writer thread."""
     if data.device.type == "cpu":
         # a top-k result is already a fresh tensor; anything else may be a view that the model changes later
-        host = data if aux is not None else (data.clone() if data.is_contiguous() else data.contiguous())
+        host = data if aux is not None else pool.empty_like(data).copy_(data)
         host_aux = aux
         return lambda: Resolved(stats, _to_numpy(host), _to_numpy(host_aux) if host_aux is not None else None)
-    host = torch.empty(data.shape, dtype=data.dtype, pin_memory=True)
+    host = pool.empty_like(data)
     host.copy_(data, non_blocking=True)
     host_aux = None
     if aux is not None:
-        host_aux = torch.empty(aux.shape, dtype=aux.dtype, pin_memory=True)
+        host_aux = pool.empty_like(aux)
         host_aux.copy_(aux, non_blocking=True)
     event = torch.Event(device=data.device) if hasattr(torch, "Event") else None
     if event is not None:
@@ -249,7 +255,7 @@ def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats):
 @contextlib.contextmanager
 def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy: RecordPolicy | None = None, *,
                   selection: ModuleSelection | None = None, sample: int = 0, step: int = 0,
-                  max_queue_bytes: int = 256 << 20) -> Iterator[TorchCapture]:
+                  max_queue_bytes: int = 256 << 20, share_unchanged: bool = False) -> Iterator[TorchCapture]:
     """Hook every selected module of ``model`` (the root included) for the duration of the block.
 
     Args:
@@ -260,6 +266,9 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
         selection: which modules to hook (default: all).
         sample, step: the initial position; move it with ``cap.at(sample, step)`` before each forward.
         max_queue_bytes: queue bound of the sink made for a DumpWriter.
+        share_unchanged: compute a tensor's statistics and copy once when it reaches several sites unchanged by
+            its version counter (faster; unsafe when the model writes tensors behind autograd's back, e.g. with
+            torch.distributed collectives in place).
 
     Yields:
         The TorchCapture holding the position and counters.
@@ -275,7 +284,9 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
     owns_sink = isinstance(sink, DumpWriter)
     real_sink = RecordSink(sink, max_queue_bytes=max_queue_bytes, byte_budget=policy.byte_budget) if owns_sink \
         else sink
-    cap = TorchCapture(real_sink, policy, selection, sample, step)
+    pinned = torch.cuda.is_available()  # page-locked staging only where a non-blocking device copy can use it
+    cap = TorchCapture(real_sink, policy, selection, sample, step, share_unchanged=share_unchanged,
+                       _pool=HostBufferPool(real_sink.max_queue_bytes, pinned=pinned))
     handles = []
     try:
         for path, module in model.named_modules():

@@ -16,10 +16,10 @@ from protocol import DumpWriter, Manifest, compute_stats, open_dump
 from .conftest import token_input_set
 
 
-def _capture(model, path, feeds, policy=None, selection=None, mode=torch.inference_mode):
+def _capture(model, path, feeds, policy=None, selection=None, mode=torch.inference_mode, share=False):
     """Run ``model(**feed)`` for each feed (sample i) under the hooks; return the dump's records by key text."""
-    with mode(), torch_capture(model, DumpWriter(path, Manifest(label="t")), policy,
-                                               selection=selection) as cap:
+    with mode(), torch_capture(model, DumpWriter(path, Manifest(label="t")), policy, selection=selection,
+                               share_unchanged=share) as cap:
         for i, feed in enumerate(feeds):
             cap.at(i, 0)
             model(**feed)
@@ -206,7 +206,8 @@ def test_device_statistics_of_non_finite_and_empty_tensors():
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 @pytest.mark.parametrize("policy", ["full", "stats"])
-def test_a_tensor_changed_in_place_between_sites_is_recorded_as_it_was(tmp_path, mode, policy):
+@pytest.mark.parametrize("share", [False, True], ids=["copy-each", "share-unchanged"])
+def test_a_tensor_changed_in_place_between_sites_is_recorded_as_it_was(tmp_path, mode, policy, share):
     """Sites reached by one tensor share its statistics and copy only while it is unchanged (version counter)."""
     from torch import nn
 
@@ -222,7 +223,7 @@ def test_a_tensor_changed_in_place_between_sites_is_recorded_as_it_was(tmp_path,
 
     x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     records = _capture(InPlace(), str(tmp_path / "d.h5"), [{"x": x.clone()}], RecordPolicy(default=policy),
-                       mode=mode)
+                       mode=mode, share=share)
     before, after = x.numpy(), 2 * x.numpy()
     for site, values in ((":in.kwargs.x", before), ("first:in.args.0", before), ("first:out", before),
                          ("second:in.args.0", after), ("second:out", after), (":out", after)):
