@@ -103,8 +103,12 @@ class CaptureBackend(abc.ABC):
             inputs_sha256=inputs.sha256)
         start = time.perf_counter()
         writer = DumpWriter(output, manifest, compression=options.compression)
-        with RecordSink(writer, max_queue_bytes=options.max_queue_bytes,
-                        byte_budget=options.policy.byte_budget) as sink:
+        try:
+            sink = RecordSink(writer, max_queue_bytes=options.max_queue_bytes, byte_budget=options.policy.byte_budget)
+        except BaseException:  # e.g. a signal right here: leave no partial file behind
+            writer.abort()
+            raise
+        with sink:
             extra = self._capture_impl(inputs, sink, options, progress) or {}
             if "perturbation_check" in extra:
                 writer.manifest.perturbation_check = extra.pop("perturbation_check")

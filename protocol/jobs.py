@@ -1,4 +1,4 @@
-"""Job and claim documents of the shared folder (SPEC.md section 11), and the claim protocol.
+"""Job and claim documents of the shared folder (SPEC.md section 13), and the claim protocol.
 
 Both are plain JSON that a person may write or read by hand; both are validated strictly on every read, since a job
 decides what an agent executes. A document of another MAJOR version is refused. Within our MAJOR, an unknown key is
