@@ -62,9 +62,12 @@ def test_shared_folder_paths_validate_every_name(tmp_path):
     assert parse_dump_name("cpu.h5.partial") is None and parse_dump_name(".x.json.1.tmp") is None
 
 
-def _rewrite_loop(path: str, tag: int, stop_at: float) -> None:
+def _rewrite_loop(path: str, tag: int, seconds: float) -> None:
+    # the time window starts when this process does (spawned processes can take seconds to start on a busy
+    # machine), and at least 20 writes happen whatever the clock says
+    stop_at = time.time() + seconds
     i = 0
-    while time.time() < stop_at:
+    while time.time() < stop_at or i < 20:
         # large enough that a plain write would be observed half done
         atomic_write_json(path, {"writer": tag, "i": i, "payload": [tag] * 20000})
         i += 1
@@ -74,8 +77,7 @@ def test_atomic_write_json_is_never_seen_torn(tmp_path):
     path = str(tmp_path / "job.json")
     atomic_write_json(path, {"writer": -1, "i": 0, "payload": []})
     ctx = multiprocessing.get_context("spawn")
-    stop_at = time.time() + 1.5
-    procs = [ctx.Process(target=_rewrite_loop, args=(path, t, stop_at)) for t in (1, 2)]
+    procs = [ctx.Process(target=_rewrite_loop, args=(path, t, 1.0)) for t in (1, 2)]
     for p in procs:
         p.start()
     reads = 0
