@@ -12,6 +12,7 @@ FORBIDDEN = {
                  "capture", "analyze"],
     "analyze": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture"],
     "capture": ["analyze", "torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
+    "workflows": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
     "analyze.cli.main": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture"],
 }
 
