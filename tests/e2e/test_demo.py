@@ -44,5 +44,5 @@ def test_demo_refuses_a_file_as_out(tmp_path, parity_exe):
     target = tmp_path / "not-a-folder"
     target.write_text("keep me")
     proc = subprocess.run([parity_exe, "demo", "--out", str(target)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 3 and "exists and is not a folder" in proc.stderr
+    assert proc.returncode == 2 and "is a file" in proc.stderr  # a usage error, before anything runs
     assert target.read_text() == "keep me"
