@@ -44,3 +44,18 @@ def progress(total: int | None, description: str, *, enabled: bool | None = None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         yield _RichTask(bar, bar.add_task(description, total=total))
+
+
+def log_to_stderr(name: str) -> None:
+    """Send one timestamped line per event of logger ``name`` to stderr, whatever the root logger's level.
+
+    For the daemons (``parity agent``, ``parity watch``): their log is their output.
+    """
+    import logging
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))

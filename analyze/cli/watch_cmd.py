@@ -7,16 +7,7 @@ import sys
 
 import click
 
-
-def _log_to_stderr(name: str) -> None:
-    """One timestamped line per event on stderr, whatever the root logger's level (a daemon's log is its output)."""
-    logger = logging.getLogger(name)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+from protocol.console import log_to_stderr
 
 
 @click.command("watch")
@@ -44,7 +35,7 @@ def watch_cmd(root, thresholds, workers, polling, poll_interval, debounce, once)
       parity watch /mnt/parity --workers 4 --polling
     """
     from analyze.watcher import Watcher, WatchSettings
-    _log_to_stderr("analyze.watcher")
+    log_to_stderr("analyze.watcher")
     watcher = Watcher(WatchSettings(root=root, thresholds=thresholds, workers=workers, polling=polling,
                                     poll_interval=poll_interval, debounce=debounce, once=once))
     previous = {sig: signal.signal(sig, watcher.stop) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -8,18 +8,8 @@ import sys
 import click
 
 from protocol import COMPRESSIONS
+from protocol.console import log_to_stderr
 from protocol.jobs import BACKENDS
-
-
-def _log_to_stderr(name: str) -> None:
-    """One timestamped line per event on stderr, whatever the root logger's level (a daemon's log is its output)."""
-    logger = logging.getLogger(name)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
 
 
 @click.command("agent")
@@ -53,7 +43,7 @@ def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation
       parity agent /mnt/parity --label cpu-bf16 --device cpu --dtype bfloat16
     """
     from capture.agent import Agent, AgentSettings
-    _log_to_stderr("capture.agent")
+    log_to_stderr("capture.agent")
     agent = Agent(AgentSettings(root=root, label=label, device=device, dtype=dtype, backend=backend,
                                 provider=provider, attn_implementation=attn_implementation, compression=compression,
                                 poll_interval=poll_interval, heartbeat_timeout=heartbeat_timeout,
