@@ -52,6 +52,8 @@ COMMANDS: dict = {
     "watch": ("analyze.cli.watch_cmd:watch_cmd", "Compare each run's dumps as they appear (daemon)."),
     "status": ("analyze.cli.status_cmd:status_cmd", "Show a shared folder's runs, claims and verdicts."),
     # existing workflows: eval-compare
+    "eval-compare": ("analyze.cli.eval_compare_cmd:eval_compare_cmd",
+                     "An ONNX model vs its HF model on random inputs, per output."),
 }
 for _name, _table, _help in (
         ("capture", CAPTURE_COMMANDS, "Capture per-layer tensors of a model into a dump."),
