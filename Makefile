@@ -30,7 +30,14 @@ chromium:
 demo: $(STAMP)
 	$(VENV)/bin/parity demo --out demo-out
 
-bench: $(STAMP)
+# Benchmarks (BENCHMARKS.md): the bench extra adds the peers' code (Polygraphy), matplotlib for the plots and the
+# profilers; installed here only, so `make test` does not need them.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m bench
 
 clean-venv:
