@@ -248,7 +248,8 @@ function plot(v){v=num(v);if(v===null||v===undefined)return null;if(v<=0)return 
 function fmt(v){v=num(v);if(v===null||v===undefined)return '-';if(typeof v!=='number')return String(v);
  if(!isFinite(v))return v>0?'inf':'-inf';return v===0?'0 (exact)':v.toExponential(3);}
 var sets=[{label:'rel_l2',data:s.map(function(x){return plot(x.rel);}),borderColor:'#3465a4',borderWidth:1.5,
- pointRadius:s.map(function(x){return x.over?3:1.5;}),pointBackgroundColor:s.map(function(x){return x.over?'#cc0000':'#3465a4';}),
+ pointRadius:s.map(function(x){return x.over?3:1.5;}),
+ pointBackgroundColor:s.map(function(x){return x.over?'#cc0000':'#3465a4';}),
  spanGaps:true},
  {label:'limit',data:s.map(function(x){return x.metric==='cosine'||!(num(x.limit)>0)?null:plot(x.limit);}),
  borderColor:'#999',borderDash:[4,4],borderWidth:1,pointRadius:0,spanGaps:false}];

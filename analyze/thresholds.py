@@ -11,9 +11,9 @@ Values are handled on a *badness* scale where larger is worse: ``1 - x`` for the
 ``cos_rows_*``, ``allclose_frac``), the value itself otherwise; the statistic and the margin apply to the badness,
 so a cosine baseline of 0.9990 with margin 2 gives the limit 0.9980. The file stores limits on the metric's scale.
 
-**Apply** (``threshold_check.apply_thresholds``): every record of a thresholded site against each of its limits (a record fails
-when over a ``max`` limit or under a ``min`` limit; NaN, a one-sided NaN/Inf, or a record that could not be compared
-fails too); per logit metric, the **failure rate** = the share of tokens over the limit (the scored tokens when the
+**Apply** (``threshold_check.apply_thresholds``): every record of a thresholded site against each of its limits
+(a record fails when over a ``max`` limit or under a ``min`` limit; NaN, a one-sided NaN/Inf, or a record that
+could not be compared fails too; a record equal to its reference passes); per logit metric, the **failure rate** = the share of tokens over the limit (the scored tokens when the
 report has labels, else every row; NaN counts as over), failed when above ``max_failure_rate``.
 
 File schema (``kind`` ``tensorparity.thresholds``, ``schema_version`` 1.0)::

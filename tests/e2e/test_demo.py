@@ -46,3 +46,11 @@ def test_demo_refuses_a_file_as_out(tmp_path, parity_exe):
     proc = subprocess.run([parity_exe, "demo", "--out", str(target)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "is a file" in proc.stderr  # a usage error, before anything runs
     assert target.read_text() == "keep me"
+
+
+def test_demo_help_names_an_example():
+    from click.testing import CliRunner
+
+    from analyze.cli.main import cli
+    res = CliRunner().invoke(cli, ["demo", "--help"])
+    assert res.exit_code == 0 and "parity demo --out demo-out" in res.output
