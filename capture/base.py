@@ -12,7 +12,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from protocol import CAPTURE_MODES, CaptureError, DumpWriter, InputSet, Manifest
+import numpy as np
+
+from protocol import CAPTURE_MODES, CaptureError, DumpWriter, InputSet, InputSetMismatchError, Manifest, open_dump
 
 from .policy import RecordPolicy
 from .sink import RecordSink
@@ -128,3 +130,26 @@ class CaptureBackend(abc.ABC):
     def _capture_impl(self, inputs: InputSet, sink: RecordSink, options: CaptureOptions, progress) -> dict | None:
         """Run the model and ``sink.put()`` every record. May return manifest additions:
         ``perturbation_check``, ``capture`` (merged into manifest.capture), anything else goes to ``extra``."""
+
+
+def reference_tokens(reference: str, inputs: InputSet, count: int) -> list[np.ndarray]:
+    """The generated tokens of the first ``count`` samples of a reference dump, for teacher forcing.
+
+    Raises:
+        InputSetMismatchError: the reference consumed another input set.
+        CaptureError: the reference has no generated tokens for a sample (not a generate capture).
+    """
+    with open_dump(reference) as ref:
+        if ref.manifest.inputs_sha256 != inputs.sha256:
+            raise InputSetMismatchError(
+                f"the reference dump consumed input set {ref.manifest.inputs_sha256[:12] or '(none)'}, not "
+                f"{inputs.sha256[:12]}", reference, "teacher-force with the input set of the reference")
+        names = set(ref.array_names())
+        tokens = []
+        for i in range(count):
+            name = f"generated_tokens.s{i}"
+            if name not in names:
+                raise CaptureError(f"the reference dump has no {name} (was it a generate capture of at least "
+                                   f"{count} samples?)", reference)
+            tokens.append(np.asarray(ref.array(name)).reshape(-1))
+    return tokens

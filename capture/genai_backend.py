@@ -20,9 +20,9 @@ from importlib import metadata
 
 import numpy as np
 
-from protocol import CaptureError, InputSet, InputSetMismatchError, RecordKey, open_dump
+from protocol import CaptureError, InputSet, RecordKey
 
-from .base import CaptureBackend, CaptureOptions
+from .base import CaptureBackend, CaptureOptions, reference_tokens
 from .onnx_backend import file_sha256
 from .onnx_inject import inject_outputs, load_graph_only
 from .onnx_names import GENAI_BUILDER_RENAMES, load_rename_rules, map_value_sites, reference_sites_of
@@ -127,7 +127,7 @@ class GenaiBackend(CaptureBackend):
         if not samples:
             raise CaptureError("the input set has no samples", inputs.path)
         prompts = [self._prompt(s.arrays, inputs.path, i) for i, s in enumerate(samples)]
-        forced = self._reference_tokens(options, inputs, len(samples)) if options.mode == "teacher-forced" else None
+        forced = reference_tokens(options.reference, inputs, len(samples)) if options.mode == "teacher-forced" else None
         steps = 1 if options.mode == "forward" else options.max_new_tokens
         if forced is not None:
             steps = min(steps, min(len(t) for t in forced))
@@ -250,21 +250,6 @@ class GenaiBackend(CaptureBackend):
             raise CaptureError(f"sample {index} is padded (its attention_mask has zeros); GenAI capture feeds whole "
                                f"sequences", path, "build the input set without padding")
         return ids.astype(np.int32)
-
-    def _reference_tokens(self, options: CaptureOptions, inputs: InputSet, count: int) -> list[np.ndarray]:
-        with open_dump(options.reference) as ref:
-            if ref.manifest.inputs_sha256 != inputs.sha256:
-                raise InputSetMismatchError(
-                    f"the reference dump consumed input set {ref.manifest.inputs_sha256[:12] or '(none)'}, not "
-                    f"{inputs.sha256[:12]}", options.reference, "teacher-force with the input set of the reference")
-            tokens = []
-            for i in range(count):
-                name = f"generated_tokens.s{i}"
-                if name not in ref.array_names():
-                    raise CaptureError(f"the reference dump has no {name} (was it a generate capture of at least "
-                                       f"{count} samples?)", options.reference)
-                tokens.append(np.asarray(ref.array(name)).reshape(-1))
-        return tokens
 
     # -- intermediates ---------------------------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ import os
 import numpy as np
 import torch
 
-from protocol import CaptureError, InputSet, InputSetMismatchError, open_dump
+from protocol import CaptureError, InputSet
 
-from .base import CaptureBackend, CaptureOptions, CaptureSummary
+from .base import CaptureBackend, CaptureOptions, CaptureSummary, reference_tokens
 from .flatten import flatten
 from .sink import RecordSink
 from .torch_hooks import ModuleSelection, logical_dtype, torch_capture
@@ -99,7 +99,7 @@ class TorchBackend(CaptureBackend):
         samples = inputs.samples[:options.max_samples] if options.max_samples else inputs.samples
         if not samples:
             raise CaptureError("the input set has no samples", inputs.path)
-        forced = self._reference_tokens(options, inputs, len(samples)) if options.mode == "teacher-forced" else None
+        forced = reference_tokens(options.reference, inputs, len(samples)) if options.mode == "teacher-forced" else None
         steps = 1 if options.mode == "forward" else options.max_new_tokens
         if forced is not None:
             steps = min(steps, min(len(t) for t in forced))
@@ -153,22 +153,6 @@ class TorchBackend(CaptureBackend):
                 kwargs["attention_mask"] = mask
             _advance(progress)
         return first, _token_array(fed), _token_array(argmax)
-
-    def _reference_tokens(self, options: CaptureOptions, inputs: InputSet, count: int) -> list[np.ndarray]:
-        """The generated tokens of each sample in the reference dump, after checking it consumed these inputs."""
-        with open_dump(options.reference) as ref:
-            if ref.manifest.inputs_sha256 != inputs.sha256:
-                raise InputSetMismatchError(
-                    f"the reference dump consumed input set {ref.manifest.inputs_sha256[:12] or '(none)'}, not "
-                    f"{inputs.sha256[:12]}", options.reference, "teacher-force with the input set of the reference")
-            tokens = []
-            for i in range(count):
-                name = f"generated_tokens.s{i}"
-                if name not in ref.array_names():
-                    raise CaptureError(f"the reference dump has no {name} (was it a generate capture of at least "
-                                       f"{count} samples?)", options.reference)
-                tokens.append(np.asarray(ref.array(name)))
-        return tokens
 
     def _unhooked_outputs(self, sample, mode: str) -> list:
         """The final outputs of the first sample's first step, run without any hook (observer-effect check)."""

@@ -1,9 +1,7 @@
 """``parity watch ROOT``: the watcher daemon that writes a report for each candidate dump of a shared folder."""
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 
 import click
 
