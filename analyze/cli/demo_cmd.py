@@ -1,4 +1,4 @@
-"""``parity demo``: the main job on a tiny built-in Llama, offline (analyze.demo.run_demo)."""
+"""``parity demo``: the main job on a tiny built-in Llama, offline (workflows.demo.run_demo)."""
 from __future__ import annotations
 
 import click
@@ -21,7 +21,7 @@ def demo_cmd(out, samples, tokens) -> None:
     Example:
       parity demo --out demo-out
     """
-    from analyze.demo import FAULT_TENSOR, run_demo
+    from workflows.demo import FAULT_TENSOR, run_demo
 
     result = run_demo(out, samples=samples, tokens=tokens, echo=lambda line: click.echo(line, err=True))
     for c in result.comparisons:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import analyze
 from analyze.cli.main import cli
-from analyze.demo import plant_fault
+from workflows.demo import plant_fault
 from analyze.html_report import render_html, write_html
 
 from .conftest import write_dump

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import analyze
-from analyze.demo import plant_fault
+from workflows.demo import plant_fault
 from analyze.localize import error_gains, localize, report_sites
 from protocol import open_dump
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import analyze
 from analyze.cli.main import cli
-from analyze.demo import plant_fault
+from workflows.demo import plant_fault
 from analyze.report import read_report
 from analyze.threshold_check import apply_thresholds, check_report_file
 from analyze.thresholds import build_thresholds, read_thresholds, statistic, write_thresholds

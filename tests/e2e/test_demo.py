@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from analyze.demo import FAULT_TENSOR, fresh_run_folder
+from workflows.demo import FAULT_TENSOR, fresh_run_folder
 
 
 def test_parity_demo_end_to_end(tmp_path, parity_exe):

@@ -4,8 +4,8 @@ Builds a small Llama from a config with fixed seeds, an input set from the bundl
 CPU float32 reference and two candidates (CPU bfloat16, and the float32 model with one planted faulty layer),
 compares each with the reference, and writes JSON and HTML reports.
 
-Like the root CLI, the demo is a composition point: it drives capture/ (imported lazily, inside ``run_demo``, so
-that ``import analyze`` never imports capture or an ML framework) and then analyzes what it captured.
+It lives in workflows/, the composition layer: it drives capture/ (imported inside ``run_demo``, so that importing
+this module loads no ML framework) and then analyzes what it captured.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 
 from protocol.errors import ParityError
 
-from .compare import compare
-from .html_report import write_html
-from .report import summary_lines
+from analyze.compare import compare
+from analyze.html_report import write_html
+from analyze.report import summary_lines
 
 DEFAULT_OUT = "demo-out"
 DEMO_TEXT = "data/apache-2.0.txt"  # inside the capture package
