@@ -76,6 +76,18 @@ def _reinit(model, seed: int, std: float) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
+def _save(model, folder: str) -> None:
+    """save_pretrained without transformers' progress bar (these models are tiny; the bar is noise in a demo)."""
+    from transformers.utils import logging as hf_logging
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def build_tiny_llama(folder: str, *, seed: int = 0, num_layers: int = 2, hidden: int = 64, vocab: int = VOCAB_SIZE,
                      heads: int = 4, kv_heads: int = 2, intermediate: int | None = None, max_positions: int = 2048,
                      std: float = 0.15, tokenizer: bool = True) -> str:
@@ -101,7 +113,7 @@ def build_tiny_llama(folder: str, *, seed: int = 0, num_layers: int = 2, hidden:
     model = LlamaForCausalLM(cfg).eval()
     _reinit(model, seed, std)
     os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
+    _save(model, folder)
     if tokenizer:
         build_tokenizer(folder, vocab_size=vocab)
     return folder
@@ -120,7 +132,7 @@ def build_tiny_bert(folder: str, *, seed: int = 0, num_layers: int = 2, hidden: 
     model = BertModel(cfg).eval()
     _reinit(model, seed, std)
     os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
+    _save(model, folder)
     if tokenizer:
         build_tokenizer(folder, vocab_size=vocab)
     return folder
