@@ -151,5 +151,6 @@ def reference_tokens(reference: str, inputs: InputSet, count: int) -> list[np.nd
             if name not in names:
                 raise CaptureError(f"the reference dump has no {name} (was it a generate capture of at least "
                                    f"{count} samples?)", reference)
-            tokens.append(np.asarray(ref.array(name)).reshape(-1))
+            fed = np.asarray(ref.array(name))  # [steps], or [batch, steps] for a batched torch sample
+            tokens.append(fed.reshape(-1) if fed.ndim > 1 and fed.shape[0] == 1 else fed)
     return tokens

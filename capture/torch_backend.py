@@ -102,7 +102,7 @@ class TorchBackend(CaptureBackend):
         forced = reference_tokens(options.reference, inputs, len(samples)) if options.mode == "teacher-forced" else None
         steps = 1 if options.mode == "forward" else options.max_new_tokens
         if forced is not None:
-            steps = min(steps, min(len(t) for t in forced))
+            steps = min(steps, min(np.shape(t)[-1] for t in forced))
         check = self._unhooked_outputs(samples[0], options.mode) if options.check_perturbation else None
         result: dict = {"capture": {"steps": steps, "stop_at_eos": False}}
         hooked_first = None
