@@ -52,9 +52,13 @@ def test_two_agents_and_a_watcher_report_both_runs_with_the_right_verdicts(procs
         for label in ("cpu-fp32", "cpu-bf16"):
             claim = claim_of(shared_root, run, label)
             assert claim.status == "done" and claim.attempt == 1 and claim.dump == f"dumps/{run}/{label}.h5"
+    lines = ("run bf16-drift: cpu-bf16 vs cpu-fp32: diverged, first divergence: " + first["site"],
+             "run same-dtype: cpu-bf16 vs cpu-fp32: pass, first divergence: none")
+    # a watcher logs a report's line just after writing its JSON, an agent its "done" line just after publishing
+    wait_for(lambda: all(line in watcher.log() for line in lines), 30, "the watcher's report lines", procs)
+    wait_for(lambda: all(a.log().count(": done in ") >= 2 for a in agents), 30, "the agents' done lines", procs)
     log = watcher.log()
-    assert log.count("run bf16-drift: cpu-bf16 vs cpu-fp32: diverged, first divergence: " + first["site"]) == 1
-    assert log.count("run same-dtype: cpu-bf16 vs cpu-fp32: pass, first divergence: none") == 1
+    assert [log.count(line) for line in lines] == [1, 1], log
     for agent in agents:
         assert agent.log().count(": done in ") == 2, agent.log()
 
