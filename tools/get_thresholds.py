@@ -18,8 +18,9 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     """The tool's argument parser."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Example:\n  python tools/get_thresholds.py "
-                                "--models ./tiny-llama --metrics abs_diff cos_sim --file_base layers --layer_io",
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Example:\n  python tools/get_thresholds.py --models ./tiny-llama --metrics "
+                                       "abs_diff cos_sim --file_base layers --layer_io",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, help="Models as given to generate_layers_metrics.py.")
     p.add_argument("--metrics", nargs="+", required=True, help="abs_diff cos_sim (layers), or ce diff_mean.")

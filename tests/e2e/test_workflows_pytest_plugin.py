@@ -74,7 +74,8 @@ def test_plugin_expectation_capture_then_check(user_project, tiny_llama, tmp_pat
 def test_plugin_is_inert_without_configuration(tmp_path):
     """Installed but unconfigured: unrelated tests run as before, torch is not imported, warnings stay errors, and a
     parity_case test is skipped with the reason."""
-    (tmp_path / "test_other.py").write_text("def test_plain():\n    import sys\n    assert 'torch' not in sys.modules\n")
+    plain = "def test_plain():\n    import sys\n    assert 'torch' not in sys.modules\n"
+    (tmp_path / "test_other.py").write_text(plain)
     (tmp_path / "test_user_parity.py").write_text(TEST_FILE.split("\n\n\ndef test_signature")[0] + "\n")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--rootdir",
                            str(tmp_path), "-W", "error", str(tmp_path)], capture_output=True, text=True,
