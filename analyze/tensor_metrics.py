@@ -112,13 +112,13 @@ class TensorMetricAccumulator:
         np.copyto(a, a_in, casting="unsafe")
         np.copyto(b, b_in, casting="unsafe")
         np.subtract(a, b, out=d)
-        dd = float(np.dot(d, d))
+        dd = float(np.einsum("i,i->", d, d))  # not np.dot: a threaded BLAS spins on a busy machine
         # Any NaN/Inf on either side makes d, hence dd, non-finite (float32/16 squares cannot overflow float64),
         # so the common case never pays for isfinite.
         if not math.isfinite(dd):
             self._exclude_non_finite(a, b)
             np.subtract(a, b, out=d)
-            dd = float(np.dot(d, d))
+            dd = float(np.einsum("i,i->", d, d))  # not np.dot: a threaded BLAS spins on a busy machine
         self.dd += dd
         ab, aa, bb = self._row_dots(a, b)
         self.ab += ab
@@ -187,7 +187,8 @@ class TensorMetricAccumulator:
         return tot[0], tot[1], tot[2]
 
     def _add_part(self, a, b, tot) -> None:
-        ab, aa, bb = float(np.dot(a, b)), float(np.dot(a, a)), float(np.dot(b, b))
+        ab, aa, bb = (float(np.einsum("i,i->", a, b)), float(np.einsum("i,i->", a, a)),
+                      float(np.einsum("i,i->", b, b)))
         self._part[0] += ab
         self._part[1] += aa
         self._part[2] += bb

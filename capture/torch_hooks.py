@@ -5,14 +5,18 @@
 the caller moves the position with ``cap.at(sample, step)``. Each tensor is handled by the policy rule of its site:
 
 - ``stats``: statistics with torch on the tensor's device; only the numbers move.
-- ``full`` / ``slice`` / ``topk``: the hook copies the (reduced) tensor (a clone on CPU; a non-blocking copy into
-  pinned memory plus an event on an accelerator) and queues it; the writer thread waits for the event and converts
-  to numpy. bfloat16 and fp8 go to the dump as their bit patterns.
+- ``full`` / ``slice`` / ``topk``: the hook copies the (reduced) tensor (on CPU, a single-threaded numpy copy into a
+  pooled buffer; on an accelerator, a non-blocking copy into pinned memory plus an event) and queues it; the writer
+  thread waits for the event and converts to numpy. bfloat16 and fp8 go to the dump as their bit patterns. The
+  statistics of a full record of a CPU tensor are computed on the writer thread from the copy (the same numbers:
+  the copy holds the same values), off the forward's critical path; a reduced record needs the whole tensor's
+  statistics, so its hook computes them.
 - ``skip``: nothing.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -154,7 +158,9 @@ class TorchCapture:
             data, aux = _reduce(t.detach(), rule)
             nbytes = data.numel() * data.element_size() + (aux.numel() * aux.element_size() if aux is not None else 0)
             if self.sink.reserve(nbytes):
-                stats = seen.stats if seen is not None else torch_stats(t)
+                stats = seen.stats if seen is not None else None
+                if stats is None and not (rule.action == "full" and t.device.type == "cpu"):
+                    stats = torch_stats(t)  # else None: the writer computes them from the copy
                 shared = seen.resolve() if rule.action == "full" and seen is not None and seen.resolve else None
                 # the very tensor was copied already and that copy still waits in the queue: share it
                 resolve = shared or _copy_for_writer(data, aux, stats, self._pool)
@@ -163,7 +169,7 @@ class TorchCapture:
                                             rule.reduction()))
                 self.records += 1
                 return
-        stats = seen.stats if seen is not None else torch_stats(t)
+        stats = seen.stats if seen is not None and seen.stats is not None else torch_stats(t)
         self._remember(t, seen, stats, None)
         self.sink.put(PendingRecord(key, dtype, shape, "stats", _STATS_RECORD_BYTES, lambda: Resolved(stats),
                                     module_type))
@@ -190,7 +196,10 @@ class TorchCapture:
         # the copy is held weakly: it lives while a queued record needs it, so sharing never holds extra memory
         if seen is None:
             self._seen[id(t)] = _Seen(weakref.ref(t), t._version, stats, weakref.ref(resolve) if resolve else None)
-        elif resolve is not None and (seen.resolve is None or seen.resolve() is None):
+            return
+        if seen.stats is None:
+            seen.stats = stats
+        if resolve is not None and (seen.resolve is None or seen.resolve() is None):
             seen.resolve = weakref.ref(resolve)
 
 
@@ -200,7 +209,7 @@ class _Seen:
 
     ref: weakref.ref
     version: int
-    stats: object
+    stats: object  # None while the writer has yet to compute them from the shared copy
     resolve: weakref.ref | None = None
 
 
@@ -226,11 +235,21 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def _host_copy(data: torch.Tensor, pool: HostBufferPool) -> torch.Tensor:
+    """A CPU tensor's copy in a pooled buffer, made by numpy: one thread, GIL released. torch's ``copy_`` splits a
+    large copy over its OpenMP team, and on a busy machine waiting for that team costs ~10x the copy itself."""
+    host = pool.empty_like(data)
+    if data.is_conj() or data.is_neg() or data.numel() == 0:
+        return host.copy_(data)
+    np.copyto(_to_numpy(host), _to_numpy(data), casting="no")
+    return host
+
+
 def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: HostBufferPool):
     """Copy now (the tensor may be changed in place after the hook returns); convert later on the writer thread."""
     if data.device.type == "cpu":
         # a top-k result is already a fresh tensor; anything else may be a view that the model changes later
-        host = data if aux is not None else pool.empty_like(data).copy_(data)
+        host = data if aux is not None else _host_copy(data, pool)
         host_aux = aux
         return lambda: Resolved(stats, _to_numpy(host), _to_numpy(host_aux) if host_aux is not None else None)
     host = pool.empty_like(data)
@@ -250,6 +269,36 @@ def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: 
             torch.accelerator.synchronize()
         return Resolved(stats, _to_numpy(host), _to_numpy(host_aux) if host_aux is not None else None)
     return resolve
+
+
+def _forward_fills_cores(model: torch.nn.Module) -> bool:
+    """True when the model runs on the CPU with a torch thread on every core this process may use: then the
+    writer thread would preempt one of those threads in every parallel region (see capture/sink.py)."""
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device.type != "cpu":
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return torch.get_num_threads() >= cores
+
+
+def _hold_writer_during_forward(model: torch.nn.Module, sink: RecordSink) -> list:
+    """Hooks on the root that hold the sink's writer from the outermost forward's start to its end (or error)."""
+    depth = [0]
+
+    def enter(module, args):
+        depth[0] += 1
+        if depth[0] == 1:
+            sink.hold(True)
+
+    def leave(module, args, output):
+        depth[0] = max(depth[0] - 1, 0)
+        if depth[0] == 0:
+            sink.hold(False)
+    return [model.register_forward_pre_hook(enter, prepend=True),
+            model.register_forward_hook(leave, always_call=True)]
 
 
 @contextlib.contextmanager
@@ -289,6 +338,8 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
                        _pool=HostBufferPool(real_sink.max_queue_bytes, pinned=pinned))
     handles = []
     try:
+        if _forward_fills_cores(model):
+            handles += _hold_writer_during_forward(model, real_sink)
         for path, module in model.named_modules():
             if not selection.selects(path, module):
                 continue
@@ -307,3 +358,4 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
     finally:
         for handle in handles:
             handle.remove()
+        real_sink.hold(False)

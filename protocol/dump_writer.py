@@ -24,8 +24,9 @@ COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
 DEFAULT_CHUNK_BYTES = 4 << 20
 _INDEX_FLUSH_ROWS = 256
 #: Records at least this large get their statistics computed on a helper thread while h5py writes them (h5py
-#: releases the GIL during H5Dwrite and numpy during its loops, so the two overlap on two cores).
-_PARALLEL_STATS_BYTES = 4 << 20
+#: releases the GIL during H5Dwrite and numpy during its loops, so the two overlap on two cores). Low, because the
+#: records of a capture are mostly 0.5-4 MB activations; below it, the hand-over costs more than it saves.
+_PARALLEL_STATS_BYTES = 256 << 10
 #: Free space kept beyond each record's bytes for HDF5's metadata (index, manifest, object headers).
 _SPACE_MARGIN = 1 << 20
 

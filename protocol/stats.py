@@ -59,15 +59,19 @@ class StatsAccumulator:
         # one float64 scratch buffer per chunk, reused by every block: no allocation (and page faults) per block,
         # and the block stays in cache across the few passes below
         buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
+        native_minmax = flat.dtype.kind == "f" and flat.dtype.itemsize >= 4 or flat.dtype.kind in "iu" and flat.dtype.itemsize < 8
         for start in range(0, flat.size, _BLOCK):
             block = flat[start:start + _BLOCK]
             x = buf[:block.size]
+            # min/max in the native dtype are exact and read half the bytes (or less) of the float64 copy; 64-bit
+            # ints are widened first (rounding beyond 2**53, monotonic, so the same result either way)
+            minmax = (float(block.min()), float(block.max())) if native_minmax and block.size else None
             np.copyto(x, block, casting="unsafe")  # exact, except 64-bit ints beyond 2**53 (rounded)
-            self._update_block(x)
+            self._update_block(x, minmax)
 
-    def _update_block(self, x: np.ndarray) -> None:
-        """Fold in one float64 block (the scratch buffer: modified in place)."""
-        bmin, bmax = x.min(), x.max()
+    def _update_block(self, x: np.ndarray, minmax: tuple[float, float] | None = None) -> None:
+        """Fold in one float64 block (the scratch buffer: modified in place); ``minmax`` when already known."""
+        bmin, bmax = minmax if minmax is not None else (x.min(), x.max())
         if not (math.isfinite(bmin) and math.isfinite(bmax)):  # min/max propagate NaN, so both finite => all finite
             finite = np.isfinite(x)
             nan = int(np.isnan(x).sum())
