@@ -94,14 +94,14 @@ def test_a_forward_that_raises_releases_the_writer(tmp_path, threads_on_every_co
     path = str(tmp_path / "d.h5")
     with RecordSink(DumpWriter(path, Manifest(label="t"))) as sink:
         model = _Probe(sink, fail=True)
-        with torch.no_grad(), torch_capture(model, sink, RecordPolicy(default="full")):
+        with torch.no_grad(), torch_capture(model, sink, RecordPolicy(default="full")) as cap:
             with pytest.raises(RuntimeError, match="planted"):
                 model(torch.randn(2, 32))
-            queued = sink.records
+            assert model.seen == [0] and cap.records > 0
             deadline = time.monotonic() + 30
-            while sink.records == queued and time.monotonic() < deadline:
+            while sink.records < cap.records and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert sink.records > queued  # written after the failed forward, before the capture ends
+            assert sink.records == cap.records  # released: written before the capture ends
 
 
 def test_bfloat16_full_record_statistics_from_the_writer_match_the_tensor(tmp_path):
