@@ -14,6 +14,20 @@ import subprocess
 #: Where figures are appended; BENCH_RESULTS redirects them (e.g. for a trial run that should not count).
 RESULTS = os.environ.get("BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
 
+_IMPORT_LOAD = os.getloadavg()  # a benchmark run directly (``python -m bench.NAME``) starts about now
+_START_LOAD: dict[str, tuple] = {}
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15-minute load averages (runnable threads; this machine has ``os.cpu_count()`` cores)."""
+    return os.getloadavg()
+
+
+def started(bench: str) -> None:
+    """Note the load average as ``bench`` starts (``python -m bench`` calls this before each benchmark), so that
+    figures measured on a busy machine are recognisable in results.jsonl."""
+    _START_LOAD[bench] = load_average()
+
 
 def machine() -> dict:
     """What the figures were measured on: platform, CPU model and count."""
@@ -61,7 +75,9 @@ def record(bench: str, figure: str, value: float, unit: str, *, baseline: float 
     doc = {"bench": bench, "figure": figure, "value": round(value, 4), "unit": unit,
            "baseline": None if baseline is None else round(baseline, 4),
            "ratio": None if ratio is None else round(ratio, 4), "target": target, "machine": machine(),
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git": git_revision()}
+           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git": git_revision(),
+           "load_at_start": [round(x, 2) for x in _START_LOAD.get(bench, _IMPORT_LOAD)],
+           "load_at_record": [round(x, 2) for x in load_average()]}
     if extra:
         doc.update(extra)
     line = f"{bench:>12} {figure:<28} {value:10.3f} {unit}"
@@ -71,6 +87,7 @@ def record(bench: str, figure: str, value: float, unit: str, *, baseline: float 
         line += f"   ratio {ratio:6.3f}"
     if target:
         line += f"   target {target}" + ("" if ratio is None else ("  MET" if _meets(ratio, target) else "  MISSED"))
+    line += f"   (load {doc['load_at_start'][0]:.1f})"
     print(line, flush=True)
     with open(RESULTS, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(doc, sort_keys=True) + "\n")

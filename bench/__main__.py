@@ -5,6 +5,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import time
 
 
 def available() -> list[str]:
@@ -22,9 +23,17 @@ def run(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {names}", file=sys.stderr)
         return 2
+    from bench import load_average, started
+    t_all = time.perf_counter()
     for name in wanted:
-        print(f"== bench {name}", flush=True)
+        started(name)
+        load = load_average()
+        print(f"== bench {name}  (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores)",
+              flush=True)
+        t0 = time.perf_counter()
         importlib.import_module(f"bench.{name}").main()
+        print(f"== bench {name} took {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"== all benchmarks took {time.perf_counter() - t_all:.0f} s", flush=True)
     return 0
 
 

@@ -4,8 +4,8 @@ Writes N float32 arrays (default 64 x 16 MB = 1 GiB) through ``DumpWriter`` and 
 same filter, same fsync at close), uncompressed and with lz4 (hdf5plugin), once with the writer computing the
 statistics (what ``add()`` does when none are passed) and once with precomputed statistics; then reads them back
 through ``DumpReader.read`` and through plain h5py. Each variant runs ``--repeat`` times; the best time counts
-(the machine is shared and noisy). Physical limits are measured beside them: sequential disk write (os.write +
-fsync) and memory bandwidth (a large numpy copy). Reads come from the page cache (files were just written).
+(the machine is shared and noisy). The physical limits (disk and memory bandwidth) are bench.limits' figures.
+Reads come from the page cache (files were just written).
 
 Run: ``python -m bench protocol_io`` (all figures appended to bench/results.jsonl), or
 ``python -m bench.protocol_io --arrays 16 --mb 16 --repeat 2`` for a quicker look.
@@ -149,26 +149,9 @@ def run(n_arrays: int = 64, mb: int = 16, repeat: int = 3, folder: str | None = 
             docs.append(record(BENCH, f"read_{comp}", gb / t_read, "GB/s", baseline=gb / t_raw_read,
                                ratio=t_raw_read / t_read, extra=e))
 
-        block = np.ones(16 << 20, dtype=np.uint8).tobytes()
-        raw_path = os.path.join(work, "raw.bin")
-        t_disk = _best(lambda: disk_write(raw_path, total, block), repeat)
-        os.unlink(raw_path)
-        docs.append(record(BENCH, "disk_write_bandwidth", gb / t_disk, "GB/s", extra=extra))
-
-        big = np.concatenate([a.reshape(-1) for a in arrays[: max(1, min(n_arrays, 32))]])
-        dst = np.empty_like(big)
-        t_copy = _best(lambda: _timed_copy(dst, big), repeat)
-        docs.append(record(BENCH, "memory_copy_bandwidth", big.nbytes / 1e9 / t_copy, "GB/s",
-                           extra={**extra, "bytes": big.nbytes}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return docs
-
-
-def _timed_copy(dst: np.ndarray, src: np.ndarray) -> float:
-    t0 = time.perf_counter()
-    np.copyto(dst, src)
-    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
