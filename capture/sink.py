@@ -132,7 +132,8 @@ class RecordSink:
             self._raise_if_failed()
             self._queue.append((item, nbytes))
             self._queued_bytes += nbytes
-            self._cond.notify_all()
+            if not self._held:  # a held writer would only wake up to wait again: no context switch per record
+                self._cond.notify_all()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
