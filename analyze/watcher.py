@@ -32,6 +32,10 @@ from watchdog.observers.polling import PollingObserver
 from protocol import JobError, ParityError, SharedFolder, atomic_write_json, open_dump, parse_dump_name
 from protocol.jobs import read_job
 
+from .compare import compare
+from .html_report import write_html
+from .thresholds import as_thresholds
+
 log = logging.getLogger(__name__)
 
 ERROR_FORMAT = "tensorparity.watch-error"
@@ -134,8 +138,6 @@ def analyze_pair(root: str, task: PairTask) -> dict:
     Returns:
         ``{"kind": "report", "verdict", "first", "path"}`` or ``{"kind": "error", "label", "message", "path"}``.
     """
-    from analyze import compare
-
     folder = SharedFolder(root)
     for label, path in ((task.reference, task.ref_path), (task.candidate, task.cand_path)):
         try:
@@ -144,7 +146,7 @@ def analyze_pair(root: str, task: PairTask) -> dict:
             return {"kind": "error", "label": label, "message": exc.message,
                     "path": write_error_report(folder, task.run_id, label, path, exc)}
     kwargs = {"inputs": task.inputs_path}
-    if task.thresholds and compare_accepts_thresholds():
+    if task.thresholds:
         kwargs["thresholds"] = task.thresholds
     try:
         report = compare(task.ref_path, task.cand_path, **kwargs)
@@ -153,12 +155,11 @@ def analyze_pair(root: str, task: PairTask) -> dict:
                 "path": write_error_report(folder, task.run_id, task.candidate, task.cand_path, exc, task.reference)}
     os.makedirs(os.path.dirname(task.report_base), exist_ok=True)
     _write_csv_files(report, task.report_base)
-    if hasattr(report, "write_html"):  # the HTML report lands with a later issue
-        report.write_html(task.report_base + ".html")
+    write_html(report, task.report_base + ".html")
     final = task.report_base + ".json"
     report.write_json(final)  # last, and atomic: its presence means the pair is done
-    return {"kind": "report", "verdict": str(getattr(report, "verdict", "?")),
-            "first": describe_divergence(getattr(report, "first_divergence", None)), "path": final}
+    return {"kind": "report", "verdict": report.verdict, "first": describe_divergence(report.first_divergence),
+            "path": final}
 
 
 def _write_csv_files(report, base: str) -> None:
@@ -174,14 +175,6 @@ def _write_csv_files(report, base: str) -> None:
         for name in os.listdir(scratch):
             os.unlink(os.path.join(scratch, name))
         os.rmdir(scratch)
-
-
-def compare_accepts_thresholds() -> bool:
-    """Whether this analyzer's ``compare`` applies a thresholds file (it lands with the thresholds issue)."""
-    import inspect
-
-    from analyze import compare
-    return "thresholds" in inspect.signature(compare).parameters
 
 
 def describe_divergence(first) -> str:
@@ -230,12 +223,7 @@ class Watcher:
         self.settings = settings
         self.folder = SharedFolder(settings.root).ensure_layout()
         if settings.thresholds:
-            if compare_accepts_thresholds():
-                from .thresholds import as_thresholds
-                as_thresholds(settings.thresholds)  # a bad file stops the watcher now, not in every analysis
-            else:
-                log.warning("thresholds %s: this analyzer does not apply thresholds files; reports use its "
-                            "default tolerances", settings.thresholds)
+            as_thresholds(settings.thresholds)  # a bad file stops the watcher now, not in every analysis
         self.reports = self.errors = 0
         self._stop = threading.Event()
         self._dirty: "queue.Queue[str]" = queue.Queue()

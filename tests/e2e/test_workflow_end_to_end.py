@@ -38,6 +38,10 @@ def test_two_agents_and_a_watcher_report_both_runs_with_the_right_verdicts(procs
     wait_for(lambda: no_failed_claims(shared_root) or all(os.path.exists(p) for p in reports.values()), 180, "both reports", procs,
              alive=(watcher, *agents))
 
+    for base in (p[:-len(".json")] for p in reports.values()):  # the tables and the page come with the JSON
+        assert all(os.path.getsize(base + ext) > 0 for ext in (".csv", ".records.csv", ".html"))
+        with open(base + ".html", encoding="utf-8") as fh:
+            assert "<canvas" in fh.read()
     drift, same = read_json(reports["bf16-drift"]), read_json(reports["same-dtype"])
     assert same["verdict"] == "pass" and same["first_divergence"] is None
     # bfloat16 keeps 8 bits of mantissa: its error (~4e-3 per rounding) grows through the layers past 1e-2

@@ -65,7 +65,8 @@ def test_bad_dumps_get_error_reports_partials_are_ignored_and_the_watcher_goes_o
     assert report["verdict"] == "diverged" and report["first_divergence"]["site"] == "model.layers.0:out"
     assert sorted(os.listdir(reports)) == sorted([
         "broken.error.json", "oldver.error.json", "ref__vs__cand.json", "ref__vs__cand.csv",
-        "ref__vs__cand.records.csv", "ref__vs__cand.logits.csv", "ref__vs__cand.unmatched.csv"])
+        "ref__vs__cand.records.csv", "ref__vs__cand.logits.csv", "ref__vs__cand.unmatched.csv",
+        "ref__vs__cand.html"])
     assert {p: _digest(p) for p in before} == before  # no dump (nor the partial) was rewritten or removed
     assert sorted(os.listdir(dump_dir)) == ["broken.h5", "cand.h5", "cand.h5.partial", "oldver.h5", "ref.h5"]
     assert watcher.alive()
