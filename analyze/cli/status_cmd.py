@@ -38,8 +38,8 @@ def _cell(row: dict, key: str) -> str:
 def status_cmd(root, as_json, heartbeat_timeout):
     """Show the runs of shared folder ROOT: each label's claim, dump, report verdict and first divergence.
 
-    Reads the JSON documents only (jobs, claims, reports), never a dump. A table on a terminal, one tab-separated
-    line per run and label when piped.
+    Reads the JSON documents only (jobs, claims, reports), never a dump. A table on a terminal; when piped, a header
+    line then one tab-separated line per run and label.
 
     \b
     Example:
@@ -54,6 +54,7 @@ def status_cmd(root, as_json, heartbeat_timeout):
         click.echo(f"no runs in {root}", err=True)
         return
     if not sys.stdout.isatty():
+        click.echo("\t".join(name for name, _ in _COLUMNS))  # a header, so the columns can be read and cut
         for row in rows:
             click.echo("\t".join(_cell(row, key) for _, key in _COLUMNS))
         return

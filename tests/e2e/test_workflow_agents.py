@@ -112,6 +112,7 @@ def test_jobs_escaping_the_shared_folder_are_refused_not_executed(procs, shared_
     assert agent.log().count("refused, not executed") == 1  # dotdot: invalid as a document
     out = subprocess.run([parity_exe, "status", shared_root], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split("\t")[:4] == ["run", "label", "role", "claim"]  # the header
     lines = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines()}
     assert lines["good"][3] == "done" and lines["dotdot"][3] == "failed"
     assert "escapes the shared folder" in lines["dotdot"][-1]
