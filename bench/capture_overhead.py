@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=int(env("BENCH_CAPTURE_HIDDEN", 512)))
     p.add_argument("--seq", type=int, default=int(env("BENCH_CAPTURE_SEQ", 512)))
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--repeat", type=int, default=int(env("BENCH_CAPTURE_REPEAT", 3)))
+    p.add_argument("--repeat", type=int, default=int(env("BENCH_CAPTURE_REPEAT", 5)))
     p.add_argument("--dir", default=env("BENCH_CAPTURE_DIR"), help="folder for the dumps (default: temp)")
     a = p.parse_args(argv if argv is not None else [])
     run(a.layers, a.hidden, a.seq, a.vocab, a.repeat, a.dir)
