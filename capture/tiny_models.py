@@ -76,6 +76,19 @@ def _reinit(model, seed: int, std: float) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
+def _build(model_class, cfg, folder: str, *, seed: int, std: float, tokenizer: bool) -> str:
+    """Instantiate ``model_class(cfg)`` with fixed seeds, re-initialise its weights, save it (and the tokenizer)."""
+    import torch
+    torch.manual_seed(seed)
+    model = model_class(cfg).eval()
+    _reinit(model, seed, std)
+    os.makedirs(folder, exist_ok=True)
+    _save(model, folder)
+    if tokenizer:
+        build_tokenizer(folder, vocab_size=cfg.vocab_size)
+    return folder
+
+
 def _save(model, folder: str) -> None:
     """save_pretrained without transformers' progress bar (these models are tiny; the bar is noise in a demo)."""
     from transformers.utils import logging as hf_logging
@@ -103,36 +116,20 @@ def build_tiny_llama(folder: str, *, seed: int = 0, num_layers: int = 2, hidden:
     Returns:
         ``folder``.
     """
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
                       num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, pad_token_id=3,
                       tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
-    _reinit(model, seed, std)
-    os.makedirs(folder, exist_ok=True)
-    _save(model, folder)
-    if tokenizer:
-        build_tokenizer(folder, vocab_size=vocab)
-    return folder
+    return _build(LlamaForCausalLM, cfg, folder, seed=seed, std=std, tokenizer=tokenizer)
 
 
 def build_tiny_bert(folder: str, *, seed: int = 0, num_layers: int = 2, hidden: int = 64, vocab: int = VOCAB_SIZE,
                     heads: int = 4, intermediate: int | None = None, max_positions: int = 512, std: float = 0.15,
                     tokenizer: bool = True) -> str:
     """Build a random ``BertModel`` (encoder) from a config and save it with a tokenizer (see build_tiny_llama)."""
-    import torch
     from transformers import BertConfig, BertModel
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
                      intermediate_size=intermediate or 2 * hidden, max_position_embeddings=max_positions,
                      pad_token_id=3)
-    torch.manual_seed(seed)
-    model = BertModel(cfg).eval()
-    _reinit(model, seed, std)
-    os.makedirs(folder, exist_ok=True)
-    _save(model, folder)
-    if tokenizer:
-        build_tokenizer(folder, vocab_size=vocab)
-    return folder
+    return _build(BertModel, cfg, folder, seed=seed, std=std, tokenizer=tokenizer)
