@@ -18,7 +18,7 @@ from .perplexity import logit_records
 from .report import RecordResult, Report, SiteResult
 from .summary import aggregate
 from .tensor_metrics import (DEFAULT_ATOL, DEFAULT_RTOL, STATS_METRICS, TENSOR_METRICS, MetricValues,
-                             TensorMetricAccumulator, prefetched, stats_metrics)
+                             TensorMetricAccumulator, stats_metrics)
 from .tolerances import DEFAULT_TOLERANCES, dtype_class, over_tolerance, tolerance_for
 
 #: Every metric name ``compare(metrics=...)`` accepts.
@@ -205,8 +205,7 @@ def _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements) -> MetricValues:
         peak = rs.abs_max  # max|a| from the index: saves a pass
     acc = TensorMetricAccumulator(tuple(ri.shape), atol=atol, rtol=rtol, peak=peak)
     if ri.numel:
-        blocks = zip(rd.iter_blocks(ri, chunk_elements), cd.iter_blocks(ci, chunk_elements))
-        for a, b in (prefetched(blocks) if ri.numel > chunk_elements else blocks):  # read ahead on another core
+        for a, b in zip(rd.iter_blocks(ri, chunk_elements), cd.iter_blocks(ci, chunk_elements)):
             acc.update(a, b)
     return acc.result()
 

@@ -19,7 +19,7 @@ import torch
 from protocol import TensorStats, compute_stats
 
 _NAN = float("nan")
-_BLOCK = 1 << 18  # elements per block, as protocol.stats uses (its _BLOCK): the same blocks give the same rounding
+_BLOCK = 1 << 17  # elements per block, as protocol.stats uses (its _BLOCK): the same blocks give the same rounding
 _NUMPY_TYPES = {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
                 torch.uint8, torch.bool}
 _BIT_TYPES = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
@@ -38,7 +38,8 @@ def torch_stats(t: torch.Tensor) -> TensorStats:
     if t.device.type == "cpu" and t.dtype in _NUMPY_TYPES:
         # on the host, protocol's own single-threaded numpy pass over a zero-copy view: identical numbers, and no
         # OpenMP thread team per small reduction (those stall for a scheduler tick when the cores are busy)
-        return compute_stats(t.detach().numpy())
+        # with two threads when torch has them: the hook runs between two parallel ops, so torch's team is idle
+        return compute_stats(t.detach().numpy(), threads=2 if torch.get_num_threads() > 1 else 1)
     if t.device.type == "cpu" and t.dtype in (torch.bfloat16, *_BIT_TYPES):
         return compute_stats(t.detach().to(torch.float32).numpy())  # exact widening
     return device_stats(t)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-_BLOCK = 1 << 18  # elements per float64 block (2 MB): stays in cache across the passes, memory bounded
+_BLOCK = 1 << 17  # elements per float64 block (1 MiB): stays in cache across the passes, memory bounded; small
+# enough that a typical activation (256K elements and up) splits over two threads (compute_stats(threads=2))
 
 
 @dataclass(frozen=True)
@@ -50,49 +53,46 @@ class StatsAccumulator:
         self.nan = 0
         self.inf = 0
 
-    def update(self, values: np.ndarray) -> None:
-        """Add a chunk of (decoded, numeric) values of any shape."""
+    def update(self, values: np.ndarray, *, threads: int = 1) -> None:
+        """Add a chunk of (decoded, numeric) values of any shape.
+
+        Args:
+            values: the chunk.
+            threads: 2 lets a helper thread take the second half of the blocks (numpy releases the GIL in its
+                loops). The blocks and the order they are folded in do not change, so neither do the numbers.
+        """
         flat = np.asarray(values).reshape(-1)
         self.numel += flat.size
         if flat.size == 0:
             return
-        # one float64 scratch buffer per chunk, reused by every block: no allocation (and page faults) per block,
-        # and the block stays in cache across the few passes below
-        buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
-        native_minmax = flat.dtype.kind == "f" and flat.dtype.itemsize >= 4 or flat.dtype.kind in "iu" and flat.dtype.itemsize < 8
-        for start in range(0, flat.size, _BLOCK):
-            block = flat[start:start + _BLOCK]
-            x = buf[:block.size]
-            # min/max in the native dtype are exact and read half the bytes (or less) of the float64 copy; 64-bit
-            # ints are widened first (rounding beyond 2**53, monotonic, so the same result either way)
-            minmax = (float(block.min()), float(block.max())) if native_minmax and block.size else None
-            np.copyto(x, block, casting="unsafe")  # exact, except 64-bit ints beyond 2**53 (rounded)
-            self._update_block(x, minmax)
+        starts = range(0, flat.size, _BLOCK)
+        if threads > 1 and len(starts) >= 4:  # below, handing over costs what it saves
+            half = (len(starts) + 1) // 2
+            second = _helper().submit(_block_moments, flat, starts[half:])
+            try:
+                moments = _block_moments(flat, starts[:half])
+            except BaseException:
+                wait([second])  # the helper reads ``values``: let it finish before the caller may free them
+                raise
+            moments += second.result()
+        else:
+            moments = _block_moments(flat, starts)
+        for m in moments:
+            self._fold(*m)
 
-    def _update_block(self, x: np.ndarray, minmax: tuple[float, float] | None = None) -> None:
-        """Fold in one float64 block (the scratch buffer: modified in place); ``minmax`` when already known."""
-        bmin, bmax = minmax if minmax is not None else (x.min(), x.max())
-        if not (math.isfinite(bmin) and math.isfinite(bmax)):  # min/max propagate NaN, so both finite => all finite
-            finite = np.isfinite(x)
-            nan = int(np.isnan(x).sum())
-            self.nan += nan
-            self.inf += int(x.size - np.count_nonzero(finite)) - nan
-            x = x[finite]
-            if x.size == 0:
-                return
-            bmin, bmax = x.min(), x.max()
-        n = x.size
-        bmean = float(x.sum()) / n
-        x -= bmean
-        # einsum rather than np.dot: a multi-threaded BLAS dot on a busy machine spins and runs ~50x slower
-        bm2 = float(np.einsum("i,i->", x, x))
+    def _fold(self, n: int, bmean: float, bm2: float, bmin: float, bmax: float, nan: int, inf: int) -> None:
+        """Fold in one block's moments (Chan et al.), in block order."""
+        self.nan += nan
+        self.inf += inf
+        if n == 0:
+            return
         total = self.n + n
         delta = bmean - self.mean
         self.mean += delta * n / total
         self.m2 += bm2 + delta * delta * self.n * n / total
         self.n = total
-        self.min = min(self.min, float(bmin))
-        self.max = max(self.max, float(bmax))
+        self.min = min(self.min, bmin)
+        self.max = max(self.max, bmax)
 
     def result(self) -> TensorStats:
         """The statistics of everything added so far."""
@@ -107,8 +107,65 @@ class StatsAccumulator:
             nan_count=self.nan, inf_count=self.inf)
 
 
-def compute_stats(values: np.ndarray) -> TensorStats:
-    """Statistics of one array of decoded numeric values (bool counts as 0/1)."""
+def _block_moments(flat: np.ndarray, starts: range) -> list[tuple]:
+    """``(n, mean, m2, min, max, nan, inf)`` of the blocks of ``flat`` starting at ``starts`` (finite elements)."""
+    # one float64 scratch buffer per call, reused by every block: no allocation (and page faults) per block, and
+    # the block stays in cache across the few passes below
+    buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
+    kind, size = flat.dtype.kind, flat.dtype.itemsize
+    native_minmax = kind == "f" and size >= 4 or kind in "iu" and size < 8
+    out = []
+    for start in starts:
+        block = flat[start:start + _BLOCK]
+        x = buf[:block.size]
+        # min/max in the native dtype are exact and read half the bytes (or less) of the float64 copy; 64-bit ints
+        # are widened first (rounding beyond 2**53 is monotonic, so the result is the same either way)
+        if native_minmax:
+            bmin, bmax = float(block.min()), float(block.max())
+        np.copyto(x, block, casting="unsafe")  # exact, except 64-bit ints beyond 2**53 (rounded)
+        if not native_minmax:
+            bmin, bmax = float(x.min()), float(x.max())
+        nan = inf = 0
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):  # min/max propagate NaN: both finite => all finite
+            finite = np.isfinite(x)
+            nan = int(np.isnan(x).sum())
+            inf = int(x.size - np.count_nonzero(finite)) - nan
+            x = x[finite]
+            if x.size == 0:
+                out.append((0, 0.0, 0.0, math.inf, -math.inf, nan, inf))
+                continue
+            bmin, bmax = float(x.min()), float(x.max())
+        n = x.size
+        bmean = float(x.sum()) / n
+        x -= bmean
+        # einsum rather than np.dot: a multi-threaded BLAS dot on a busy machine spins and runs ~50x slower
+        out.append((n, bmean, float(np.einsum("i,i->", x, x)), bmin, bmax, nan, inf))
+    return out
+
+
+_HELPER: ThreadPoolExecutor | None = None
+_HELPER_LOCK = threading.Lock()
+
+
+def _helper() -> ThreadPoolExecutor:
+    global _HELPER
+    with _HELPER_LOCK:
+        if _HELPER is None:
+            _HELPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tensorparity-stats")
+        return _HELPER
+
+
+def compute_stats(values: np.ndarray, *, threads: int = 1) -> TensorStats:
+    """Statistics of one array of decoded numeric values (bool counts as 0/1).
+
+    Args:
+        values: the array.
+        threads: 2 computes half of the blocks on a helper thread (for callers whose other core is idle, e.g. a
+            hook between two multi-threaded torch ops); the numbers are the same as with 1.
+
+    Returns:
+        The statistics (SPEC.md section 7).
+    """
     acc = StatsAccumulator()
-    acc.update(values)
+    acc.update(values, threads=threads)
     return acc.result()

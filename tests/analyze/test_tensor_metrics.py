@@ -123,26 +123,3 @@ def test_stats_only_relative_differences():
     assert v["stats_rel_l2"] == pytest.approx(abs(math.sqrt(1 + 4 + 3.3 ** 2) - math.sqrt(14)) / math.sqrt(14))
     assert v["stats_rel_min"] == 0.0 and v["nan_count_diff"] == 0.0
 
-
-def test_prefetched_yields_everything_in_order_and_stops_its_helper():
-    import threading
-
-    from analyze.tensor_metrics import prefetched
-    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
-    for item in prefetched(iter(range(1000))):  # leaving early stops and joins the helper
-        if item == 3:
-            break
-    assert not [t for t in threading.enumerate() if t.name == "tensorparity-prefetch"]
-
-
-def test_prefetched_raises_the_producers_error_in_the_consumer():
-    from analyze.tensor_metrics import prefetched
-
-    def broken():
-        yield 1
-        raise OSError("disk gone")
-    got = []
-    with pytest.raises(OSError, match="disk gone"):
-        for item in prefetched(broken()):
-            got.append(item)
-    assert got == [1]
