@@ -165,7 +165,7 @@ def plot(analysis: list[dict], capture: list[dict], path: str, note: str) -> str
         right.axhline(1.3, color="C0", linewidth=1, linestyle=":", label="P1 target 1.3")
         right.axhline(1.4, color="C1", linewidth=1, linestyle=":", label="P2 target 1.4")
         right.set_xscale("log", base=2)
-        right.set_yscale("log")
+        right.set_ylim(bottom=0)
         _plain_ticks(right)
     right.set_xlabel("activation record size (MiB; hidden 512, float32)")
     right.set_ylabel("ratio (lower is better)")
@@ -180,6 +180,37 @@ def plot(analysis: list[dict], capture: list[dict], path: str, note: str) -> str
     return path
 
 
+def _last_sweep() -> tuple[list[dict], list[dict], str]:
+    """The rows of the last size_sweep run recorded in results.jsonl (by date), for ``--replot``."""
+    import json
+
+    from bench import RESULTS
+    docs = [d for d in map(json.loads, open(RESULTS, encoding="utf-8")) if d["bench"] == BENCH]
+    if not docs:
+        raise SystemExit(f"no {BENCH} figures in {RESULTS}: run the sweep first")
+    last = max(d["date"] for d in docs)[:15]  # same run: same date to the 10 minutes
+    docs = [d for d in docs if d["date"][:15] == last]
+    analysis: dict[float, dict] = {}
+    capture: dict[int, dict] = {}
+    for d in docs:
+        if d["figure"].startswith("analysis_"):
+            name = d["figure"].split("_")[1]
+            analysis.setdefault(d["record_mb"], {"record_mb": d["record_mb"]})[name] = d["value"]
+        else:
+            row = capture.setdefault(d["seq"], {"seq": d["seq"], "record_mb": d["record_mb"]})
+            row["p1" if "_P1_" in d["figure"] else "p2"] = d["ratio"]
+            if "_P1_" in d["figure"]:
+                row["stats_s"], row["bare_s"] = d["value"], d["baseline"]
+            else:
+                row["extra_s"] = d["value"]
+    for row in capture.values():
+        row["full_over_bare"] = (row["extra_s"] + row["bare_s"]) / row["bare_s"]
+    m = docs[0]["machine"]
+    note = (f"{m['cpu']}, {m['cpu_count']} cores; load average {docs[0]['load_at_start'][0]:.1f} at start; "
+            f"{docs[0]['date'][:16]} UTC; git {docs[0]['git']}")
+    return sorted(analysis.values(), key=lambda r: r["record_mb"]), sorted(capture.values(), key=lambda r: r["seq"]), note
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``python -m bench`` (no arguments: environment defaults) and direct runs."""
     env = os.environ.get
@@ -191,8 +222,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=int(env("BENCH_SWEEP_REPEAT", 2)))
     p.add_argument("--dir", default=env("BENCH_SWEEP_DIR"))
     p.add_argument("--out", default=os.path.join(PLOTS, "size_sweep.png"))
+    p.add_argument("--replot", action="store_true", help="redraw from the last sweep in results.jsonl, no measuring")
     a = p.parse_args([] if argv is None else argv)
     from bench import load_average, machine
+    if a.replot:
+        analysis, capture, note = _last_sweep()
+        print(f"{'':>12} plot written to {plot(analysis, capture, a.out, note)}", flush=True)
+        return
     load = load_average()
     analysis = analysis_sweep([float(s) for s in a.sizes.split(",") if s], a.pair_mb, a.repeat, a.dir)
     capture = capture_sweep([int(s) for s in a.seqs.split(",") if s], a.layers, a.repeat, a.dir)
