@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -53,6 +54,9 @@ def big(path: str) -> int:
                 _say(f"STREAM {i}")
         _say("CLOSING")
     _say("DONE")
+    # linger until the test's SIGKILL lands, even when the close finished before it: the test then sees a
+    # complete dump under the final name, never a normal exit that races the kill
+    time.sleep(120)
     return 0
 
 
