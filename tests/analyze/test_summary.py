@@ -64,3 +64,17 @@ def test_llama_block_hand_checked():
 def test_llama_block_without_labels():
     st = llama_kl_statistics(None, None, np.array([0.1, 0.2]), None, np.array([1, 1]))
     assert st["ppl_ref"] is None and st["delta_p"] is None and st["kl"]["mean"] == pytest.approx(0.15)
+
+
+def test_percentiles_equal_numpy_linear_bit_for_bit_including_infinities():
+    from analyze.summary import _percentile_linear
+    rng = np.random.default_rng(1)
+    for _ in range(3000):
+        n = int(rng.integers(1, 30))
+        x = rng.standard_normal(n) * 10.0 ** int(rng.integers(-5, 5))
+        u = rng.random(n)
+        x[u < 0.1], x[(u >= 0.1) & (u < 0.2)] = np.inf, -np.inf
+        with np.errstate(invalid="ignore"):
+            expected = np.percentile(x, [50, 90, 99])
+        got = [_percentile_linear(np.sort(x), q) for q in (50, 90, 99)]
+        np.testing.assert_array_equal(got, expected)
