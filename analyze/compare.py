@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from protocol import DumpReader, RecordInfo
+from protocol import DumpReader, PairingError, RecordInfo
 from protocol.console import progress as progress_bar
 
 from .logit_block import build_logit_site, compare_logit_records, logit_pair_usable
@@ -55,7 +55,7 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
 
     Raises:
         InputSetMismatchError: the dumps (or the given input set) consumed different input sets.
-        PairingError: different world sizes, or inconsistent rank files.
+        PairingError: different world sizes, inconsistent rank files, or no record in common (nothing compared).
         ValueError: an unknown metric name or an invalid regex.
         ThresholdFileError: a missing or malformed thresholds file.
         ParityError subclasses: unreadable dumps.
@@ -106,6 +106,16 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         site_map: dict[tuple, SiteResult] = {}
         logit_map: dict[str, list] = {}
         total = sum(len(p.pairs) for p in pairings)
+        if total == 0:  # nothing compared must never read as "pass"
+            only_ref = sum(len(p.only_reference) for p in pairings)
+            only_cand = sum(len(p.only_candidate) for p in pairings)
+            if sites and (only_ref or only_cand or any(len(r) for r in ref.readers)):
+                raise PairingError(f"no record of both dumps has a site matching --sites {sites!r}",
+                                   hint="check the regex against 'parity inspect' of the reference")
+            raise PairingError(f"the dumps have no record key in common ({only_ref} only in the reference, "
+                               f"{only_cand} only in the candidate)", f"{cand.paths[0]} vs {ref.paths[0]}",
+                               "capture both from the same model and inputs; an ONNX capture pairs with a "
+                               "PyTorch one through --sites-like and --rename")
         with progress_bar(total, "comparing records", enabled=show_progress) as bar:
             for p, rd, cd in zip(pairings, ref.readers, cand.readers):
                 logit_keys = {i.key for i in logit_records(rd, logit_sites)} if p.rank == 0 else set()

@@ -54,14 +54,23 @@ def aggregate(values) -> dict:
 
 
 def _percentile_linear(ordered: np.ndarray, q: float) -> float:
-    """``np.percentile(x, q)`` (method "linear") of sorted values, bit for bit, without its per-call overhead
-    (aggregation calls it for every metric of every site). Mirrors numpy's ``_lerp``, including its ``t >= 0.5``
-    branch, so infinities give the same results too."""
+    """Percentile ``q`` of sorted values by linear interpolation at ``q/100 * (n-1)`` (METRICS.md section 3).
+
+    Equals ``np.percentile(x, q)`` bit for bit on finite values (it mirrors numpy's ``_lerp``, including its
+    ``t >= 0.5`` branch) without its per-call overhead. Next to an infinity it gives the limit, where numpy's lerp
+    gives NaN (``inf * 0``, ``inf - inf``): p50 of ``[1, 2, inf]`` is 2, p90 of ``[1, inf]`` is inf.
+    """
     pos = q / 100.0 * (ordered.size - 1)
     lo = int(math.floor(pos))
     hi = min(lo + 1, ordered.size - 1)
     t = pos - lo
     a, b = float(ordered[lo]), float(ordered[hi])
+    if t == 0.0 or a == b:
+        return a
+    if math.isinf(a) and math.isinf(b):  # -inf then +inf: no defined value between them
+        return math.nan
+    if math.isinf(a) or math.isinf(b):  # any weight on an infinity gives that infinity
+        return a if math.isinf(a) else b
     diff = b - a
     return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
 

@@ -29,6 +29,8 @@ _INDEX_FLUSH_ROWS = 256
 _PARALLEL_STATS_BYTES = 256 << 10
 #: Free space kept beyond each record's bytes for HDF5's metadata (index, manifest, object headers).
 _SPACE_MARGIN = 1 << 20
+#: Generous bytes per index row (strings included) for the free-space check before an index flush.
+_INDEX_ROW_BYTES = 1024
 
 
 def chunk_shape(shape: tuple, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple:
@@ -220,6 +222,9 @@ class DumpWriter:
         except OSError as exc:
             self.abort()
             raise _write_error(exc, self.path) from None
+        except BaseException:  # e.g. the index flush's CaptureError (disk full): nothing may be left behind
+            self.abort()
+            raise
         self._closed = True
         self._stop_pool()
         _rename_no_clobber(self.partial_path, self.path)
@@ -282,6 +287,9 @@ class DumpWriter:
     def _flush_index(self) -> None:
         if not self._rows:
             return
+        # index rows and the metadata HDF5 writes with them: checked first, like every dataset, because a failed
+        # HDF5 write crashes the process later (see _check_space)
+        self._check_space(len(self._rows) * _INDEX_ROW_BYTES)
         rows = np.array(self._rows, dtype=INDEX_DTYPE)
         n = self._index.shape[0]
         try:
@@ -300,8 +308,8 @@ class DumpWriter:
             return
         free = st.f_bavail * st.f_frsize
         if free < nbytes + _SPACE_MARGIN:
-            raise CaptureError(f"the disk is full ({free / 2**20:.1f} MiB free, the next record needs "
-                               f"{nbytes / 2**20:.1f} MiB); the dump was not written", self.path,
+            raise CaptureError(f"the disk is full ({free / 2**20:.1f} MiB free, {(nbytes + _SPACE_MARGIN) / 2**20:.1f}"
+                               f" MiB needed to go on); the dump was not written", self.path,
                                "free space or write elsewhere")
 
     def _create_dataset(self, name: str, shape: tuple, storage: np.dtype, logical: str) -> h5py.Dataset:

@@ -179,3 +179,18 @@ def test_input_set_found_next_to_dumps(tmp_path, input_set):
     ref = write_dump(tmp_path / "ref.h5", _records(0.0), sha=sha)
     rep = analyze.compare(ref, ref)
     assert rep.inputs["path"].endswith(f"{sha}.h5") and rep.logits[0].perplexity
+
+
+def test_nothing_in_common_is_an_error_not_a_pass(tmp_path, input_set):
+    _, sha, _ = input_set
+    ref = write_dump(tmp_path / "ref.h5", [("s0/t0/a:out#0", np.ones(3, np.float32))], sha=sha)
+    cand = write_dump(tmp_path / "cand.h5", [("s0/t0/model.a:out#0", np.ones(3, np.float32))], sha=sha)
+    with pytest.raises(PairingError, match=r"no record key in common \(1 only in the reference, 1 only in the "):
+        analyze.compare(ref, cand)
+    with pytest.raises(PairingError, match="no record of both dumps has a site matching --sites 'typo'"):
+        analyze.compare(ref, ref, sites="typo")
+    from click.testing import CliRunner
+
+    from analyze.cli.main import cli
+    result = CliRunner().invoke(cli, ["compare", ref, cand])
+    assert result.exit_code == 3 and result.output.count("\n") == 1 and "no record key in common" in result.output

@@ -136,6 +136,18 @@ def test_disk_full_gives_a_clean_error_and_leaves_nothing(tiny_tmpfs):
     assert validate(path).count == 2
 
 
+def test_disk_filling_up_before_close_gives_a_clean_error_and_leaves_nothing(tiny_tmpfs):
+    # the index rows still in memory are checked against the free space before HDF5 writes them (a failed HDF5
+    # write crashes the process later); with a little space left, the writer stops cleanly
+    path = os.path.join(tiny_tmpfs, "d.h5")
+    res = _child("full-at-close", path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.stdout.startswith(f"ERROR: {path}: the disk is full ("), res.stdout
+    assert "MiB needed to go on); the dump was not written" in res.stdout
+    assert "Traceback" not in res.stderr and "Segmentation" not in res.stderr
+    assert os.listdir(tiny_tmpfs) == []
+
+
 def test_file_size_limit_gives_a_clean_error_and_leaves_nothing(tmp_path):
     path = str(tmp_path / "d.h5")
     res = _child("fill", path, "20", "512", str(3 << 20))

@@ -40,6 +40,28 @@ def fill(path: str, records: int, record_kb: int, fsize: int | None) -> int:
     return 0
 
 
+def full_at_close(path: str) -> int:
+    """Write 300 small records, then fill the disk (another process's file) to 0.4 MiB free, then close."""
+    filler = os.path.join(os.path.dirname(path), "filler")
+    try:
+        with DumpWriter(path, Manifest(run_id="full", label="full")) as w:
+            for i in range(300):
+                w.add(RecordKey(0, 0, f"layers.{i}:out"), np.full(16, i, np.float32))
+            with open(filler, "wb") as fh:
+                while os.statvfs(os.path.dirname(path)).f_bavail * os.statvfs(os.path.dirname(path)).f_frsize \
+                        > 400_000:
+                    fh.write(b"\0" * 16384)
+                    fh.flush()
+    except ParityError as exc:
+        _say(f"ERROR: {exc.message}")
+        return 3
+    finally:
+        if os.path.exists(filler):
+            os.unlink(filler)
+    _say("DONE")
+    return 0
+
+
 def big(path: str) -> int:
     rng = np.random.default_rng(0)
     block = rng.standard_normal((64, 1024)).astype(np.float32)  # 256 KB
@@ -64,6 +86,8 @@ if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "fill":
         sys.exit(fill(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else None))
+    if mode == "full-at-close":
+        sys.exit(full_at_close(args[0]))
     if mode == "big":
         sys.exit(big(args[0]))
     sys.exit(f"unknown mode {mode}")
