@@ -80,12 +80,13 @@ def pairwise_kl(paths: list, *, inputs=None, logit_sites: str | None = None, top
                 _one_pair(doc, f"{names[i]}_vs_{names[j]}", sides[i], sides[j], inputset, logit_sites, topk,
                           chunk_elements)
         pairs = doc["kl_divergences"]
+        scored = [k for k, v in pairs.items() if v["average"] is not None]  # pairs without usable logits have none
         doc["summary"] = {
             "pairs": len(pairs),
             "tokens": {k: v["tokens"] for k, v in pairs.items()},
             "average_kl": {k: v["average"] for k, v in pairs.items()},
-            "max_average_kl_pair": max(pairs, key=lambda k: pairs[k]["average"]) if pairs else None,
-            "min_average_kl_pair": min(pairs, key=lambda k: pairs[k]["average"]) if pairs else None,
+            "max_average_kl_pair": max(scored, key=lambda k: pairs[k]["average"]) if scored else None,
+            "min_average_kl_pair": min(scored, key=lambda k: pairs[k]["average"]) if scored else None,
         }
         return doc
     finally:

@@ -1,9 +1,10 @@
 """``parity compare REF CAND``: compare a candidate dump with a reference dump (analyze.compare)."""
 from __future__ import annotations
 
-import re
 
 import click
+
+from .params import check_regex
 
 
 def _split_sides(dumps: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -12,15 +13,6 @@ def _split_sides(dumps: tuple[str, ...]) -> tuple[list[str], list[str]]:
                                "ref.rank0.h5 ref.rank1.h5 cand.rank0.h5 cand.rank1.h5)")
     half = len(dumps) // 2
     return list(dumps[:half]), list(dumps[half:])
-
-
-def _regex(ctx, param, value):
-    if value:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise click.BadParameter(f"invalid regex {value!r}: {exc}") from None
-    return value
 
 
 def _metrics(ctx, param, value):
@@ -54,8 +46,8 @@ def _tolerances(ctx, param, value):
               help="Write sites.csv, records.csv, logits.csv and unmatched.csv into this folder.")
 @click.option("--metrics", multiple=True, callback=_metrics, metavar="NAME[,NAME]",
               help="Only these metrics in the report (default: all).")
-@click.option("--sites", default=None, callback=_regex, metavar="REGEX", help="Only sites matching this regex.")
-@click.option("--logits-site", default=None, callback=_regex, metavar="REGEX",
+@click.option("--sites", default=None, callback=check_regex, metavar="REGEX", help="Only sites matching this regex.")
+@click.option("--logits-site", default=None, callback=check_regex, metavar="REGEX",
               help="Sites holding logits (default: the model output ':out.logits').")
 @click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="DTYPE=TOL",
               help="Override a default tolerance (METRICS.md section 6), e.g. float32=1e-4.")

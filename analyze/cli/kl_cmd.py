@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import click
 
+from .params import check_regex
+
 
 @click.command("kl")
 @click.argument("dumps", nargs=-1, required=True, type=click.Path(), metavar="DUMP DUMP [DUMP...]")
 @click.option("--inputs", type=click.Path(dir_okay=False), default=None,
               help="The input set the dumps consumed (scored positions, delta_p, perplexity).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the JSON results here.")
-@click.option("--logits-site", default=None, metavar="REGEX", help="Sites holding logits (default ':out.logits').")
+@click.option("--logits-site", default=None, callback=check_regex, metavar="REGEX",
+              help="Sites holding logits (default ':out.logits').")
 def kl_cmd(dumps, inputs, output, logits_site) -> None:
     """KL divergence between every pair of DUMPs (i < j, the first of each pair is the reference).
 

@@ -5,12 +5,15 @@ import json
 
 import click
 
+from .params import check_regex
+
 
 @click.command("ppl")
 @click.argument("dump", type=click.Path(dir_okay=False))
 @click.option("--inputs", type=click.Path(dir_okay=False), default=None,
               help="The input set the dump consumed; default: found next to the dump.")
-@click.option("--logits-site", default=None, metavar="REGEX", help="Sites holding logits (default ':out.logits').")
+@click.option("--logits-site", default=None, callback=check_regex, metavar="REGEX",
+              help="Sites holding logits (default ':out.logits').")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def ppl_cmd(dump, inputs, logits_site, as_json) -> None:
     """Perplexity of DUMP's logits over the scored tokens of its input set (token-weighted; strided windows

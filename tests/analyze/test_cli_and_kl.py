@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from analyze.cli.main import cli
 from analyze.kl import pairwise_kl
+from protocol import open_dump
 
 from .conftest import write_dump
 
@@ -69,6 +70,17 @@ def test_kl_json_shape(dumps):
     assert stats["kl"]["mean"] == pytest.approx(pair["average"]) and "ppl_ratio" in stats
     assert "token" in doc["weighting"] and doc["summary"]["max_average_kl_pair"] == "fp32_vs_int4"
     json.dumps(doc)
+
+
+def test_kl_with_a_dump_without_logits_names_the_pairs_it_could_score(dumps, tmp_path):
+    inputs, fp32, int8, _ = dumps
+    with open_dump(fp32) as d:
+        sha = d.manifest.inputs_sha256
+    no_logits = write_dump(tmp_path / "hidden.h5", [("s0/t0/model.layers.0:out#0", np.ones((1, 12, 16), np.float32))],
+                           sha=sha, label="hidden")
+    doc = pairwise_kl([fp32, int8, no_logits], inputs=inputs)
+    assert doc["kl_divergences"]["fp32_vs_hidden"]["average"] is None
+    assert doc["summary"]["max_average_kl_pair"] == doc["summary"]["min_average_kl_pair"] == "fp32_vs_int8"
 
 
 def test_kl_and_ppl_commands(dumps, tmp_path):
