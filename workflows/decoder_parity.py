@@ -151,6 +151,23 @@ def _capture(kind: str, model: str, inputs: str, output: str, label: str, device
                         selection=ModuleSelection(max_depth=0), show_progress=False)
 
 
+def model_fingerprint(model: str) -> str:
+    """Identity of a model for the reference cache: a folder's absolute path and its files' names, sizes and
+    modification times (two models sharing a tokenizer share input sets, so the inputs alone cannot tell their
+    references apart; this is cheap where hashing a 70B model's weights is not); a hub id stands for itself."""
+    h = hashlib.sha256()
+    if os.path.isdir(model):
+        folder = os.path.abspath(model)
+        h.update(folder.encode())
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                h.update(f"\0{entry.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    else:
+        h.update(model.encode())
+    return h.hexdigest()[:16]
+
+
 def reference_dump(cfg: DecoderParityConfig, model: str, inputs: str, steps: int, cache: str) -> str:
     """The cached reference generate dump of a case, captured when missing.
 
@@ -158,7 +175,8 @@ def reference_dump(cfg: DecoderParityConfig, model: str, inputs: str, steps: int
         ParityError: a cached dump that consumed another input set or generated a different number of steps.
     """
     sha = read_input_set(inputs).sha256
-    name = f"reference-{sha[:16]}-{cfg.reference_device.replace(':', '')}-{cfg.reference_dtype}-{steps}.h5"
+    name = (f"reference-{model_fingerprint(model)}-{sha[:16]}-{cfg.reference_device.replace(':', '')}-"
+            f"{cfg.reference_dtype}-{steps}.h5")
     path = os.path.join(cache, name)
     if os.path.exists(path):
         with open_dump(path) as d:
