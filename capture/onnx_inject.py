@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 MAX_ORT_IR_VERSION = 11
 #: Ops whose outputs are never injected: their values are constants, not computation.
 CONSTANT_OPS = frozenset({"Constant"})
+#: Element types ``InferenceSession.run`` cannot return ("No corresponding Numpy type"): injecting one makes every
+#: run fail, so such values are left out (with a warning) rather than captured.
+NUMPY_UNREADABLE_TYPES = frozenset({TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ,
+                                    TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ})
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE,
                          TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2,
                          TensorProto.FLOAT8E5M2FNUZ})
@@ -178,6 +182,7 @@ def select_values(graph: onnx.GraphProto, *, include_ops=None, exclude_ops=None,
     skip = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
     types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.value_info if vi.type.HasField("tensor_type")}
     chosen: list[InjectedValue] = []
+    unreadable = 0
     for order, node in enumerate(graph.node):
         if node.op_type in CONSTANT_OPS or node.op_type in exclude:
             continue
@@ -189,7 +194,13 @@ def select_values(graph: onnx.GraphProto, *, include_ops=None, exclude_ops=None,
                 continue
             if rx is not None and not (rx.search(value) or rx.search(node.name)):
                 continue
+            if types.get(value, 0) in NUMPY_UNREADABLE_TYPES:
+                unreadable += 1
+                continue
             chosen.append(InjectedValue(value, node.name, op, order, types.get(value, 0)))
+    if unreadable:
+        log.warning("%d bfloat16/float8 intermediate value(s) not captured: ONNX Runtime's Python API cannot hand "
+                    "them over as numpy arrays (capture the float32 or float16 build to see them)", unreadable)
     return chosen
 
 
