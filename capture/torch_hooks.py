@@ -16,6 +16,7 @@ the caller moves the position with ``cap.at(sample, step)``. Each tensor is hand
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import weakref
@@ -333,7 +334,9 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
     owns_sink = isinstance(sink, DumpWriter)
     real_sink = RecordSink(sink, max_queue_bytes=max_queue_bytes, byte_budget=policy.byte_budget) if owns_sink \
         else sink
-    pinned = torch.cuda.is_available()  # page-locked staging only where a non-blocking device copy can use it
+    # page-locked staging only where a non-blocking device copy can use it: a CUDA model (pinning for a CPU capture
+    # would create a CUDA context and lock host memory for nothing)
+    pinned = torch.cuda.is_available() and any(p.is_cuda for p in itertools.islice(model.parameters(), 1))
     cap = TorchCapture(real_sink, policy, selection, sample, step, share_unchanged=share_unchanged,
                        _pool=HostBufferPool(real_sink.max_queue_bytes, pinned=pinned))
     handles = []
