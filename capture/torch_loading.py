@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from protocol import CaptureError
+from protocol import CaptureError, atomic_write_json
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -81,19 +81,39 @@ def describe_device(device: torch.device) -> dict:
 def weights_hash(folder: str) -> tuple[str, str]:
     """sha256 over a model folder's weight files (names and bytes, sorted, streamed from disk) and config.json.
 
+    Reading a 70B model's ~140 GB takes minutes, so the digest is cached per user (``$XDG_CACHE_HOME/tensorparity``)
+    under the files' absolute paths, sizes and modification times: a capture of an unchanged model reads no weights.
+
     Returns:
         ``(hexdigest, method)``; ``("", "none")`` when the folder holds no weight file.
     """
+    folder = os.path.abspath(folder)
     names = sorted(n for n in os.listdir(folder) if n.endswith(_WEIGHT_SUFFIXES) or n == "config.json")
     if not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
         return "", "none"
+    method = "sha256(weight files + config.json)"
+    stats = [(n, os.stat(os.path.join(folder, n))) for n in names]
+    key = hashlib.sha256(json.dumps([folder] + [[n, st.st_size, st.st_mtime_ns] for n, st in stats]).encode())
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tensorparity",
+                         "weights-hash", key.hexdigest() + ".json")
+    try:
+        with open(cache, encoding="utf-8") as fh:
+            cached = json.load(fh)
+        if cached.get("method") == method and isinstance(cached.get("sha256"), str):
+            return cached["sha256"], method
+    except (OSError, ValueError):
+        pass
     h = hashlib.sha256()
     for name in names:
         h.update(name.encode() + b"\0")
         with open(os.path.join(folder, name), "rb") as fh:
             while block := fh.read(_HASH_BLOCK):
                 h.update(block)
-    return h.hexdigest(), "sha256(weight files + config.json)"
+    try:  # a cache that cannot be written only costs the next capture the same read
+        atomic_write_json(cache, {"folder": folder, "method": method, "sha256": h.hexdigest()})
+    except OSError:
+        pass
+    return h.hexdigest(), method
 
 
 def state_dict_hash(model: torch.nn.Module) -> tuple[str, str]:
