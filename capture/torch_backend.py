@@ -35,7 +35,8 @@ class TorchBackend(CaptureBackend):
     """Capture a ``torch.nn.Module`` (typically a transformers model) with forward hooks.
 
     Args:
-        model: the module (moved to ``device`` and cast to ``dtype`` when those are given).
+        model: the module (moved to ``device`` and cast to ``dtype``; a model spread over several devices with a
+            ``device_map`` is captured where it is, and then device and dtype must not be given).
         device: a torch device string; default: where the model's parameters are.
         dtype: ``float32``/``float16``/``bfloat16``; default: the parameters' dtype.
         model_path: the folder or hub id it came from (recorded, and hashed when it is a folder).
@@ -49,7 +50,15 @@ class TorchBackend(CaptureBackend):
         first = next(model.parameters(), None)
         self.device = parse_device(device) if device else (first.device if first is not None else torch.device("cpu"))
         self.dtype = parse_dtype(dtype) if dtype else (first.dtype if first is not None else torch.float32)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        placed = getattr(model, "hf_device_map", None) or {}
+        if len({str(d) for d in placed.values()}) > 1:  # spread over devices (device_map): capture it where it is
+            if device or dtype:
+                raise CaptureError("the model is spread over several devices (device_map); moving it to one device "
+                                   "or casting it here would undo that", hint="pass no device or dtype, and load "
+                                   "the model with the placement and dtype to capture")
+            self.model = model.eval()  # inputs go to self.device: where its first parameters (the embedding) are
+        else:
+            self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model_path = model_path
         self.selection = selection or ModuleSelection()
         self._params = inspect.signature(model.forward).parameters

@@ -178,3 +178,16 @@ def test_missing_or_invalid_model_folder(tmp_path):
         TorchBackend.from_pretrained(str(tmp_path / "nope"))
     with pytest.raises(CaptureError, match=r"not a Hugging Face model folder \(no config.json\)"):
         TorchBackend.from_pretrained(str(tmp_path))
+
+
+def test_a_model_spread_over_devices_is_captured_where_it_is():
+    import torch
+
+    from capture.torch_backend import TorchBackend
+    from protocol import CaptureError
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model.hf_device_map = {"0": "cpu", "1": "meta"}  # what transformers sets after loading with a device_map
+    backend = TorchBackend(model)
+    assert backend.model is model and backend.device == torch.device("cpu")
+    with pytest.raises(CaptureError, match="spread over several devices"):
+        TorchBackend(model, device="cpu")
