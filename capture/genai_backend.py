@@ -222,10 +222,13 @@ class GenaiBackend(CaptureBackend):
     def _record_step(self, sink, options, sample, step, outputs: dict, plan) -> None:
         logits = outputs["logits"]
         recorded_logits = False
+        calls: dict[str, int] = {}  # two values mapped to one site (rename rules) are calls 0, 1... as in ONNX
         for name, sites, meta, op in plan:
             for site in sites:
-                put_numpy_record(sink, options.policy.decide(site), RecordKey(sample, step, site, 0), outputs[name],
-                                 module_type=op, meta=meta)
+                call = calls.get(site, 0)
+                calls[site] = call + 1
+                put_numpy_record(sink, options.policy.decide(site), RecordKey(sample, step, site, call),
+                                 outputs[name], module_type=op, meta=meta)
             recorded_logits |= name == "logits"
         if not recorded_logits:
             site = ":out.logits"

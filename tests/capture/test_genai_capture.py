@@ -101,3 +101,13 @@ def test_not_a_genai_folder_and_composite(tmp_path):
     with pytest.raises(CaptureError) as err:
         GenaiBackend(str(folder))
     assert "composite model" in str(err.value) and "separately" in str(err.value)
+
+
+def test_values_renamed_onto_one_site_become_successive_calls(tmp_path):
+    # rename rules that merge the MLP's gate and up projections give two values per step one site: calls 0 and 1
+    backend = GenaiBackend(fx.genai_build("fp32"), intermediates=True, rename=["gate_proj=gu", "up_proj=gu"])
+    out = _capture(tmp_path, backend, "merged")
+    with open_dump(out) as dump:
+        calls = sorted(r.key.call for r in dump.records() if r.key.sample == 0 and r.key.step == 0
+                       and r.key.site == "model.layers.0.mlp.gu:out")
+    assert calls == [0, 1]
