@@ -9,7 +9,7 @@ import numpy as np
 
 from protocol import RecordKey, compute_stats
 
-from .policy import Rule
+from .policy import Rule, applicable
 from .sink import PendingRecord, RecordSink, Resolved
 
 _STATS_RECORD_BYTES = 256  # what a statistics-only record weighs in the writer's queue
@@ -20,13 +20,11 @@ _NUMPY_LOGICAL = {"float32": "float32", "float16": "float16", "float64": "float6
 
 def reduce_array(array: np.ndarray, rule: Rule) -> tuple[np.ndarray, np.ndarray | None]:
     """The part of ``array`` a rule keeps: all of it, a slice along a dim, or the top-k along the last dim."""
-    if rule.action == "slice" and array.ndim > 0:
+    if rule.action == "slice":  # rules reach here through policy.applicable: the dim exists
         dim = rule.params["dim"]
-        if -array.ndim <= dim < array.ndim:
-            index = (slice(None),) * (dim % array.ndim) + (slice(rule.params["start"], rule.params["stop"]),)
-            return np.ascontiguousarray(array[index]), None
-        return array, None
-    if rule.action == "topk" and array.ndim > 0 and array.shape[-1] > 0 and array.dtype != np.bool_:
+        index = (slice(None),) * (dim % array.ndim) + (slice(rule.params["start"], rule.params["stop"]),)
+        return np.ascontiguousarray(array[index]), None
+    if rule.action == "topk":
         k = min(int(rule.params["k"]), array.shape[-1])
         # descending and stable, like torch.topk's sorted output
         indices = np.argsort(-array.astype(np.float64), axis=-1, kind="stable")[..., :k]
@@ -44,6 +42,7 @@ def put_numpy_record(sink: RecordSink, rule: Rule, key: RecordKey, array: np.nda
     if rule.action == "skip" or logical is None:
         return False
     shape = tuple(array.shape)
+    rule = applicable(rule, shape, array.dtype == np.bool_)
     if rule.action != "stats":
         data, aux = reduce_array(array, rule)
         nbytes = data.nbytes + (aux.nbytes if aux is not None else 0)

@@ -35,6 +35,17 @@ class Rule:
         return {"kind": self.action, **self.params} if self.action in ("slice", "topk") else {}
 
 
+def applicable(rule: Rule, shape: tuple, is_bool: bool) -> Rule:
+    """The rule, or ``full`` when its reduction cannot apply to a tensor of ``shape`` (a slice along a dim the tensor
+    does not have; top-k of a 0-d, empty-last-dim or bool tensor): a record is never labelled reduced while it
+    holds the whole tensor."""
+    if rule.action == "slice" and not (shape and -len(shape) <= rule.params["dim"] < len(shape)):
+        return Rule(rule.pattern, "full")
+    if rule.action == "topk" and not (shape and shape[-1] > 0 and not is_bool):
+        return Rule(rule.pattern, "full")
+    return rule
+
+
 def parse_action(text: str) -> tuple[str, dict]:
     """Parse ``full`` / ``stats`` / ``skip`` / ``slice:DIM:INDEX`` / ``slice:DIM:START:STOP`` / ``topk:K``."""
     parts = text.strip().split(":")

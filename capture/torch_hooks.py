@@ -29,7 +29,7 @@ import torch
 from protocol import DumpWriter, RecordKey
 
 from .flatten import flatten
-from .policy import RecordPolicy, Rule
+from .policy import RecordPolicy, Rule, applicable
 from .sink import PendingRecord, RecordSink, Resolved
 from .torch_buffers import HostBufferPool
 from .torch_stats import torch_stats
@@ -154,6 +154,7 @@ class TorchCapture:
         key = RecordKey(self.sample, self.step, site, call)
         dtype = logical_dtype(t.dtype)
         shape = tuple(t.shape)
+        rule = applicable(rule, shape, t.dtype == torch.bool)
         seen = self._lookup(t)
         if rule.action != "stats":
             data, aux = _reduce(t.detach(), rule)
@@ -216,12 +217,10 @@ class _Seen:
 
 def _reduce(t: torch.Tensor, rule: Rule) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The part of ``t`` a rule keeps: all of it, a slice along a dim, or the top-k along the last dim."""
-    if rule.action == "slice" and t.dim() > 0:
+    if rule.action == "slice":  # rules reach here through policy.applicable: the dim exists
         dim = rule.params["dim"]
-        if -t.dim() <= dim < t.dim():
-            return t[(slice(None),) * (dim % t.dim()) + (slice(rule.params["start"], rule.params["stop"]),)], None
-        return t, None
-    if rule.action == "topk" and t.dim() > 0 and t.shape[-1] > 0 and t.dtype != torch.bool:
+        return t[(slice(None),) * (dim % t.dim()) + (slice(rule.params["start"], rule.params["stop"]),)], None
+    if rule.action == "topk":
         k = min(int(rule.params["k"]), t.shape[-1])
         values, indices = torch.topk(t, k, dim=-1)
         return values, indices

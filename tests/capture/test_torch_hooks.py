@@ -231,3 +231,20 @@ def test_a_tensor_changed_in_place_between_sites_is_recorded_as_it_was(tmp_path,
         assert rec.stats == compute_stats(values), site
         if policy == "full":
             np.testing.assert_array_equal(data, values, err_msg=site)
+
+
+class _VecAndMask(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(-1), x > 0  # a 1-D float output and a bool output
+
+
+def test_reductions_that_cannot_apply_store_the_whole_tensor_as_full(tmp_path):
+    # slicing dim -2 of a 1-D tensor and the top-k of a bool tensor cannot apply: the record holds the whole
+    # tensor and says so, rather than claiming a reduction it does not hold
+    policy = RecordPolicy.from_strings([r":out\.0=slice:-2:-1", r":out\.1=topk:2"], "full")
+    x = torch.tensor([[1.0, -2.0, 3.0], [-4.0, 5.0, 6.0]])
+    records = _capture(_VecAndMask(), str(tmp_path / "d.h5"), [{"x": x}], policy)
+    rec, data = records["s0/t0/:out.0#0"]
+    assert rec.storage == "full" and rec.reduction == {} and data.shape == (2,)
+    rec, data = records["s0/t0/:out.1#0"]
+    assert rec.storage == "full" and not rec.aux and data.shape == (2, 3) and data.dtype == np.bool_
