@@ -127,7 +127,12 @@ class DumpReader:
         info = record if isinstance(record, RecordInfo) else self.record(record)
         if not info.aux or info.aux not in self._file:
             raise ValueError(f"record {info.key} has no auxiliary array")
-        return self._file[info.aux][()]
+        ds = self._file[info.aux]
+        if not isinstance(ds, h5py.Dataset) or tuple(ds.shape) != tuple(info.shape):
+            raise CorruptDumpError(f"auxiliary array of record {info.key} does not match its data "
+                                   f"(shape {getattr(ds, 'shape', None)} for data {tuple(info.shape)})", self.path,
+                                   "the file is damaged; capture it again")
+        return self._read_whole(ds, f"auxiliary array of record {info.key}")
 
     def iter_blocks(self, record: RecordInfo | RecordKey | str, max_elements: int = _DEFAULT_BLOCK, *,
                     raw: bool = False) -> Iterator[np.ndarray]:
@@ -175,7 +180,21 @@ class DumpReader:
         group = self._file.get("arrays")
         if not isinstance(group, h5py.Group) or name not in group:
             raise KeyError(f"no array {name!r} in {self.path}")
-        return group[name][()]
+        return self._read_whole(group[name], f"array {name!r}")
+
+    def _read_whole(self, ds, what: str) -> np.ndarray:
+        """Read a whole dataset, refusing declared sizes no real array has (a hostile file's absurd shape)."""
+        if not isinstance(ds, h5py.Dataset):
+            raise CorruptDumpError(f"{what} is not a dataset", self.path, "the file is damaged; capture it again")
+        nbytes = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+        if nbytes > MAX_READ_BYTES:
+            raise CorruptDumpError(f"{what} declares {nbytes / 2**30:.1f} GiB", self.path,
+                                   "the file is damaged or hostile; capture it again")
+        try:
+            return ds[()]
+        except OSError as exc:
+            raise CorruptDumpError(f"{what} cannot be read ({_first_line(exc)})", self.path,
+                                   "the file is damaged; capture it again") from None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 

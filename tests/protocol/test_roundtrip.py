@@ -157,3 +157,26 @@ def test_reduced_records_and_statistics_only_records_round_trip(tmp_path):
         tk = r.record(_key(2))
         assert r.read_aux(tk).tolist() == [23, 22] and tk.meta == {"onnx_value": "v"}
         assert len(r) == 3 and str(_key(2)) in r
+
+
+def test_hostile_auxiliary_arrays_are_refused_not_allocated(tmp_path):
+    import h5py
+
+    from protocol import CorruptDumpError, DumpWriter, Manifest, RecordKey, compute_stats, open_dump
+    path = str(tmp_path / "d.h5")
+    with DumpWriter(path, Manifest()) as w:
+        w.add(RecordKey(0, 0, ":out.logits"), np.ones((2, 3), np.float32), storage="topk", reduction={"k": 3},
+              stats=compute_stats(np.ones((2, 5))), orig_shape=(2, 5),
+              aux=np.zeros((2, 3), np.int64))
+        w.add_array("generated_tokens.s0", np.arange(4))
+    with h5py.File(path, "r+") as f:  # a hostile edit: huge declared (never written) datasets
+        del f["arrays/generated_tokens.s0"]
+        f.create_dataset("arrays/generated_tokens.s0", shape=(1 << 40,), dtype="int64", chunks=(1024,))
+        aux = f["index"][0]["aux"].decode()
+        del f[aux]
+        f.create_dataset(aux, shape=(1 << 20, 1 << 20), dtype="int64", chunks=(1, 1024))
+    with open_dump(path) as d:
+        with pytest.raises(CorruptDumpError, match="declares 8192.0 GiB"):
+            d.array("generated_tokens.s0")
+        with pytest.raises(CorruptDumpError, match="auxiliary array of record s0/t0/:out.logits#0 does not match"):
+            d.read_aux(d.records()[0])
