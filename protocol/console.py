@@ -59,3 +59,16 @@ def log_to_stderr(name: str) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+@contextlib.contextmanager
+def stop_on_signals(handler) -> Iterator[None]:
+    """While the block runs (a daemon's main loop), SIGTERM and SIGINT call ``handler(signum, frame)``; the previous
+    handlers are restored afterwards, whatever happens."""
+    import signal
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,11 +1,9 @@
 """``parity watch ROOT``: the watcher daemon that writes a report for each candidate dump of a shared folder."""
 from __future__ import annotations
 
-import signal
-
 import click
 
-from protocol.console import log_to_stderr
+from protocol.console import log_to_stderr, stop_on_signals
 
 
 @click.command("watch")
@@ -36,9 +34,5 @@ def watch_cmd(root, thresholds, workers, polling, poll_interval, debounce, once)
     log_to_stderr("analyze.watcher")
     watcher = Watcher(WatchSettings(root=root, thresholds=thresholds, workers=workers, polling=polling,
                                     poll_interval=poll_interval, debounce=debounce, once=once))
-    previous = {sig: signal.signal(sig, watcher.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(watcher.stop):
         watcher.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

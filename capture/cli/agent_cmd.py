@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 
 import click
 
 from protocol import COMPRESSIONS
-from protocol.console import log_to_stderr
+from protocol.console import log_to_stderr, stop_on_signals
 from protocol.jobs import BACKENDS
 
 
@@ -47,11 +46,7 @@ def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation
                                 provider=provider, attn_implementation=attn_implementation, compression=compression,
                                 poll_interval=poll_interval, heartbeat_timeout=heartbeat_timeout,
                                 heartbeat_interval=heartbeat_interval, once=once))
-    previous = {sig: signal.signal(sig, agent.handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(agent.handle_signal):
         agent.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     logging.getLogger("capture.agent").info("agent stopped: %d job(s) done, %d failed", agent.processed,
                                             agent.failed)
