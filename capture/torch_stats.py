@@ -38,8 +38,7 @@ def torch_stats(t: torch.Tensor) -> TensorStats:
     if t.device.type == "cpu" and t.dtype in _NUMPY_TYPES:
         # on the host, protocol's own single-threaded numpy pass over a zero-copy view: identical numbers, and no
         # OpenMP thread team per small reduction (those stall for a scheduler tick when the cores are busy)
-        # with two threads when torch has them: the hook runs between two parallel ops, so torch's team is idle
-        return compute_stats(t.detach().numpy(), threads=2 if torch.get_num_threads() > 1 else 1)
+        return compute_stats(t.detach().numpy())
     if t.device.type == "cpu" and t.dtype in (torch.bfloat16, *_BIT_TYPES):
         return compute_stats(t.detach().to(torch.float32).numpy())  # exact widening
     return device_stats(t)

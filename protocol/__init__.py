@@ -2,6 +2,7 @@
 
 Depends only on the standard library, numpy and h5py. Only this package opens dump files with h5py.
 """
+from .dots import dot, row_dots
 from .dtypes import bfloat16_bits, decode
 from .dump_reader import DumpReader, block_slices, open_dump
 from .dump_writer import COMPRESSIONS, DumpWriter
@@ -15,18 +16,20 @@ from .folder import (
 from .inputs import InputSample, InputSet, input_set_sha256, read_input_set, write_input_set
 from .keys import RecordKey, make_site, split_site
 from .manifest import CAPTURE_METHODS, CAPTURE_MODES, Manifest
+from .read_ahead import read_ahead
 from .records import RecordInfo
 from .stats import StatsAccumulator, TensorStats, compute_stats
 from .validate import ValidationResult, validate
 from .version import DUMP_FORMAT, FORMAT_VERSION, INPUTS_FORMAT
 
 __all__ = [
-    "bfloat16_bits", "decode", "DumpReader", "block_slices", "open_dump", "COMPRESSIONS", "DumpWriter",
+    "dot", "row_dots", "bfloat16_bits", "decode", "DumpReader", "block_slices", "open_dump", "COMPRESSIONS",
+    "DumpWriter",
     "CaptureError", "CorruptDumpError", "IncompleteDumpError", "InputSetMismatchError", "JobError",
     "NotAParityFileError", "PairingError", "ParityError", "ReportError", "ThresholdFileError",
     "UnsupportedVersionError", "SharedFolder", "atomic_write_json", "check_name", "create_exclusive_json",
     "parse_dump_name", "read_json", "resolve_inside", "InputSample", "InputSet", "input_set_sha256",
     "read_input_set", "write_input_set", "RecordKey", "make_site", "split_site", "CAPTURE_METHODS",
-    "CAPTURE_MODES", "Manifest", "RecordInfo", "StatsAccumulator", "TensorStats", "compute_stats",
+    "CAPTURE_MODES", "Manifest", "read_ahead", "RecordInfo", "StatsAccumulator", "TensorStats", "compute_stats",
     "ValidationResult", "validate", "DUMP_FORMAT", "FORMAT_VERSION", "INPUTS_FORMAT",
 ]

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-_BLOCK = 1 << 17  # elements per float64 block (1 MiB): stays in cache across the passes, memory bounded; small
-# enough that a typical activation (256K elements and up) splits over two threads (compute_stats(threads=2))
+from .dots import dot
+
+_BLOCK = 1 << 17  # elements per float64 block (1 MiB): stays in cache across the passes, memory bounded
 
 
 @dataclass(frozen=True)
@@ -53,31 +52,11 @@ class StatsAccumulator:
         self.nan = 0
         self.inf = 0
 
-    def update(self, values: np.ndarray, *, threads: int = 1) -> None:
-        """Add a chunk of (decoded, numeric) values of any shape.
-
-        Args:
-            values: the chunk.
-            threads: 2 lets a helper thread take the second half of the blocks (numpy releases the GIL in its
-                loops). The blocks and the order they are folded in do not change, so neither do the numbers.
-        """
+    def update(self, values: np.ndarray) -> None:
+        """Add a chunk of (decoded, numeric) values of any shape."""
         flat = np.asarray(values).reshape(-1)
         self.numel += flat.size
-        if flat.size == 0:
-            return
-        starts = range(0, flat.size, _BLOCK)
-        if threads > 1 and len(starts) >= 4:  # below, handing over costs what it saves
-            half = (len(starts) + 1) // 2
-            second = _helper().submit(_block_moments, flat, starts[half:])
-            try:
-                moments = _block_moments(flat, starts[:half])
-            except BaseException:
-                wait([second])  # the helper reads ``values``: let it finish before the caller may free them
-                raise
-            moments += second.result()
-        else:
-            moments = _block_moments(flat, starts)
-        for m in moments:
+        for m in _block_moments(flat):
             self._fold(*m)
 
     def _fold(self, n: int, bmean: float, bm2: float, bmin: float, bmax: float, nan: int, inf: int) -> None:
@@ -107,15 +86,15 @@ class StatsAccumulator:
             nan_count=self.nan, inf_count=self.inf)
 
 
-def _block_moments(flat: np.ndarray, starts: range) -> list[tuple]:
-    """``(n, mean, m2, min, max, nan, inf)`` of the blocks of ``flat`` starting at ``starts`` (finite elements)."""
+def _block_moments(flat: np.ndarray) -> list[tuple]:
+    """``(n, mean, m2, min, max, nan, inf)`` of each block of ``flat``, over its finite elements."""
     # one float64 scratch buffer per call, reused by every block: no allocation (and page faults) per block, and
     # the block stays in cache across the few passes below
     buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
     kind, size = flat.dtype.kind, flat.dtype.itemsize
     native_minmax = kind == "f" and size >= 4 or kind in "iu" and size < 8
     out = []
-    for start in starts:
+    for start in range(0, flat.size, _BLOCK):
         block = flat[start:start + _BLOCK]
         x = buf[:block.size]
         # min/max in the native dtype are exact and read half the bytes (or less) of the float64 copy; 64-bit ints
@@ -135,37 +114,36 @@ def _block_moments(flat: np.ndarray, starts: range) -> list[tuple]:
                 out.append((0, 0.0, 0.0, math.inf, -math.inf, nan, inf))
                 continue
             bmin, bmax = float(x.min()), float(x.max())
-        n = x.size
-        bmean = float(x.sum()) / n
-        x -= bmean
-        # einsum rather than np.dot: a multi-threaded BLAS dot on a busy machine spins and runs ~50x slower
-        out.append((n, bmean, float(np.einsum("i,i->", x, x)), bmin, bmax, nan, inf))
+        out.append((x.size, *_moments(x, bmin, bmax), bmin, bmax, nan, inf))
     return out
 
 
-_HELPER: ThreadPoolExecutor | None = None
-_HELPER_LOCK = threading.Lock()
+def _moments(x: np.ndarray, bmin: float, bmax: float) -> tuple[float, float]:
+    """Mean and centred sum of squares of a float64 block of finite values (``x`` may be overwritten)."""
+    n = x.size
+    if bmin == bmax:  # constant (an attention mask, a padding block): exact
+        return bmin, 0.0
+    # one pass for sum(x) and one BLAS pass for sum(x*x); m2 = sum(x*x) - n*mean**2 loses about
+    # log10(mean**2 / var) digits, so when that exceeds 4 (error > ~1e-12) the centred pass is taken instead
+    s1 = float(x.sum())
+    s2 = dot(x, x)
+    mean = s1 / n
+    m2 = s2 - s1 * mean
+    if m2 > 1e-4 * s2:
+        return mean, m2
+    x -= mean
+    return mean, dot(x, x)
 
 
-def _helper() -> ThreadPoolExecutor:
-    global _HELPER
-    with _HELPER_LOCK:
-        if _HELPER is None:
-            _HELPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tensorparity-stats")
-        return _HELPER
-
-
-def compute_stats(values: np.ndarray, *, threads: int = 1) -> TensorStats:
+def compute_stats(values: np.ndarray) -> TensorStats:
     """Statistics of one array of decoded numeric values (bool counts as 0/1).
 
     Args:
         values: the array.
-        threads: 2 computes half of the blocks on a helper thread (for callers whose other core is idle, e.g. a
-            hook between two multi-threaded torch ops); the numbers are the same as with 1.
 
     Returns:
         The statistics (SPEC.md section 7).
     """
     acc = StatsAccumulator()
-    acc.update(values, threads=threads)
+    acc.update(values)
     return acc.result()

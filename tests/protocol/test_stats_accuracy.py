@@ -1,0 +1,66 @@
+"""compute_stats against a plain float64 reference, on the data that stresses its fast path: large offsets (the
+centred fallback), constants, NaN/Inf, integers, several blocks and a partial one."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from protocol import compute_stats, dot, row_dots
+from protocol.stats import _BLOCK
+
+
+def _reference(x: np.ndarray) -> dict:
+    finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x.astype(np.float64)
+    f = finite.astype(np.float64)
+    centred = f - f.mean()
+    return {"mean": f.mean(), "std": math.sqrt(float(np.sum(centred * centred)) / f.size),
+            "l2": math.sqrt(float(np.sum(f * f))), "min": f.min(), "max": f.max()}
+
+
+@pytest.mark.parametrize("kind", ["float32", "offset_float64", "offset_float32", "int32", "int64", "nonfinite",
+                                  "bool", "float16", "constant", "outliers"])
+def test_statistics_match_a_plain_float64_computation(kind):
+    rng = np.random.default_rng(0)
+    n = 5 * _BLOCK + 123  # several blocks and a partial one
+    x = {"float32": lambda: (rng.standard_normal(n) * 3 + 7).astype(np.float32),
+         # mean**2 / var = 1e6 and 1e8: the one-pass sum of squares would lose 6-8 digits; the centred pass does not
+         "offset_float64": lambda: rng.standard_normal(n) * 1e6 + 1e9,
+         "offset_float32": lambda: (rng.standard_normal(n) + 1e4).astype(np.float32),
+         "int32": lambda: rng.integers(-1000, 1000, n).astype(np.int32),
+         "int64": lambda: rng.integers(0, 2 ** 40, n),
+         "nonfinite": lambda: np.where(rng.random(n) < 0.01, np.nan, rng.standard_normal(n)).astype(np.float32),
+         "bool": lambda: rng.random(n) < 0.3,
+         "float16": lambda: rng.standard_normal(n).astype(np.float16),
+         "constant": lambda: np.full(n, -0.3, dtype=np.float32),
+         "outliers": lambda: np.where(rng.random(n) < 1e-5, 3e3, rng.standard_normal(n) * 1e-2).astype(np.float32),
+         }[kind]()
+    if kind == "nonfinite":
+        x[:_BLOCK] = np.inf  # a block with no finite element at all
+        x[-1] = -np.inf
+    got, ref = compute_stats(x), _reference(x)
+    assert got.numel == n
+    assert (got.min, got.max) == (ref["min"], ref["max"])
+    assert got.mean == pytest.approx(ref["mean"], rel=1e-12)
+    assert got.l2 == pytest.approx(ref["l2"], rel=1e-12)
+    if kind == "constant":
+        assert got.std == 0.0 and got.mean == float(np.float32(-0.3))
+    else:
+        assert got.std == pytest.approx(ref["std"], rel=1e-10)
+    if kind == "nonfinite":
+        assert got.nan_count == int(np.isnan(x).sum()) and got.inf_count == _BLOCK + 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 8191, 8192, 8193, 3 * 8192 + 5])
+def test_dot_matches_a_plain_sum(n):
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal(n), rng.standard_normal(n)
+    assert dot(x, y) == pytest.approx(float(np.sum(x * y)), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("width", [1, 16, 64, 4096, 8192, 20000])
+def test_row_dots_match_a_plain_sum(width):
+    rng = np.random.default_rng(width)
+    a, b = rng.standard_normal((3, width)), rng.standard_normal((3, width))
+    np.testing.assert_allclose(row_dots(a, b), np.sum(a * b, axis=1), rtol=1e-12)
