@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from protocol import DumpReader, PairingError, RecordInfo
+from protocol import DumpReader, PairingError, RecordInfo, read_ahead
 from protocol.console import progress as progress_bar
 
 from .logit_block import build_logit_site, compare_logit_records, logit_pair_usable
@@ -215,7 +215,9 @@ def _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements) -> MetricValues:
         peak = rs.abs_max  # max|a| from the index: saves a pass
     acc = TensorMetricAccumulator(tuple(ri.shape), atol=atol, rtol=rtol, peak=peak)
     if ri.numel:
-        for a, b in zip(rd.iter_blocks(ri, chunk_elements), cd.iter_blocks(ci, chunk_elements)):
+        blocks = zip(rd.iter_blocks(ri, chunk_elements, reuse=True), cd.iter_blocks(ci, chunk_elements, reuse=True))
+        # several blocks: read the next pair while this one is measured (one block has nothing to overlap with)
+        for a, b in read_ahead(blocks) if ri.numel > chunk_elements else blocks:
             acc.update(a, b)
     return acc.result()
 

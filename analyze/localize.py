@@ -263,8 +263,8 @@ def worst_elements(ref_reader, cand_reader, ref_info, cand_info, *, k: int = DEF
     """
     best = [np.empty(0), np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)]  # |a-b|, flat index, a, b
     offset = 0
-    for a_block, b_block in zip(ref_reader.iter_blocks(ref_info, chunk_elements),
-                                cand_reader.iter_blocks(cand_info, chunk_elements)):
+    for a_block, b_block in zip(ref_reader.iter_blocks(ref_info, chunk_elements, reuse=True),
+                                cand_reader.iter_blocks(cand_info, chunk_elements, reuse=True)):
         for start in range(0, a_block.size, _TILE):  # float64 scratch bounded by the tile, not the block
             a = np.asarray(a_block[start:start + _TILE], dtype=np.float64)
             b = np.asarray(b_block[start:start + _TILE], dtype=np.float64)

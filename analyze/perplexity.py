@@ -125,10 +125,11 @@ def logit_records(dump: DumpReader, logit_sites: str | None = None) -> list[Reco
 
 
 def iter_logit_rows(dump: DumpReader, info: RecordInfo, chunk_elements: int):
-    """Consecutive ``(rows, V)`` blocks of a logits record, whole rows only, bounded by ``chunk_elements``."""
+    """Consecutive ``(rows, V)`` blocks of a logits record, whole rows only, bounded by ``chunk_elements``; each
+    block is valid until the next is asked for (one reused buffer)."""
     v = int(info.shape[-1])
     per_block = max(v, (chunk_elements // max(v, 1)) * v)
-    for block in dump.iter_blocks(info, per_block):
+    for block in dump.iter_blocks(info, per_block, reuse=True):
         yield block.reshape(-1, v)
 
 

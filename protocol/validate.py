@@ -84,5 +84,5 @@ def _check_record(reader: DumpReader, info) -> None:
     if ds.chunks is None and nbytes and ds.id.get_storage_size() != nbytes:
         raise bad(f"data holds {ds.id.get_storage_size()} bytes but its shape needs {nbytes}")
     # read it all, block by block: catches truncation inside the data and filter errors
-    for _ in reader.iter_blocks(info, raw=True):
+    for _ in reader.iter_blocks(info, raw=True, reuse=True):
         pass

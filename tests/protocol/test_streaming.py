@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocol import DumpWriter, RecordKey, block_slices, compute_stats, open_dump
+from protocol import DumpWriter, RecordKey, block_slices, compute_stats, open_dump, read_ahead
 from tests.protocol.support import (
     PROPERTY, assert_stats_match, float_values, golden_manifest, reference_stats, same_bits,
 )
@@ -58,6 +58,10 @@ def test_streamed_record_equals_the_whole_and_blocks_reassemble(item, max_elemen
             assert same_bits(joined, arr.reshape(-1))
             decoded = np.concatenate(list(r.iter_blocks(info, max_elements)))
             assert same_bits(decoded, values.reshape(-1))
+            # two alternating buffers: each block stays intact while the next one is read ahead
+            reused = [b.copy() for b in read_ahead(r.iter_blocks(info, max_elements, reuse=True))]
+            assert [b.size for b in reused] == [b.size for b in blocks]
+            assert same_bits(np.concatenate(reused), values.reshape(-1))
 
 
 @PROPERTY
