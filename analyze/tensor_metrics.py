@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocol import TensorStats
+from protocol import TensorStats, dot, row_dots
 
 #: Names of the tensor metrics, in report order.
 TENSOR_METRICS = ("max_abs_diff", "mean_abs_diff", "mse", "rmse", "rel_l2", "cosine", "sqnr_db", "psnr_db",
@@ -87,6 +87,7 @@ class TensorMetricAccumulator:
         self._d = np.empty(size)
         self._t = np.empty(size)
         self._mask = np.empty(size, dtype=bool)
+        self._mask2 = np.empty(size, dtype=bool)
         self.offset = 0
         self.aa = self.bb = self.ab = self.dd = self.sad = 0.0
         self.mad = 0.0
@@ -113,13 +114,13 @@ class TensorMetricAccumulator:
         np.copyto(a, a_in, casting="unsafe")
         np.copyto(b, b_in, casting="unsafe")
         np.subtract(a, b, out=d)
-        dd = float(np.einsum("i,i->", d, d))  # not np.dot: a threaded BLAS spins on a busy machine
+        dd = dot(d, d)
         # Any NaN/Inf on either side makes d, hence dd, non-finite (float32/16 squares cannot overflow float64),
         # so the common case never pays for isfinite.
         if not math.isfinite(dd):
             self._exclude_non_finite(a, b)
             np.subtract(a, b, out=d)
-            dd = float(np.einsum("i,i->", d, d))  # not np.dot: a threaded BLAS spins on a busy machine
+            dd = dot(d, d)
         self.dd += dd
         ab, aa, bb = self._row_dots(a, b)
         self.ab += ab
@@ -133,17 +134,20 @@ class TensorMetricAccumulator:
             return self._advance(n)  # no element can fail allclose
         t = self._t[:n]
         np.abs(a, out=t)
-        tile_peak = float(t.max()) if n else 0.0
+        peak = self.peak
         if not self._peak_known:
-            self.peak = max(self.peak, tile_peak)
+            peak = float(t.max()) if n else 0.0
+            self.peak = max(self.peak, peak)
         if tile_max > self.atol:
+            # an element fails when |d| > atol and |d| > rtol*|a|: two comparisons and an and cost less than
+            # np.maximum (NaN-aware, slow) of the two thresholds
             mask = self._mask[:n]
-            if tile_peak * self.rtol <= self.atol:  # the threshold is atol everywhere in this tile
-                np.greater(d, self.atol, out=mask)
-            else:
+            np.greater(d, self.atol, out=mask)
+            if peak * self.rtol > self.atol:  # else rtol*|a| <= atol everywhere here: atol decides alone
                 t *= self.rtol
-                np.maximum(t, self.atol, out=t)
-                np.greater(d, t, out=mask)
+                other = self._mask2[:n]
+                np.greater(d, t, out=other)
+                mask &= other
             self.fails += int(np.count_nonzero(mask))
         self._advance(n)
 
@@ -175,9 +179,7 @@ class TensorMetricAccumulator:
         if full:
             A = a[i:i + full * r].reshape(full, r)
             B = b[i:i + full * r].reshape(full, r)
-            ab = np.einsum("ij,ij->i", A, B)
-            aa = np.einsum("ij,ij->i", A, A)
-            bb = np.einsum("ij,ij->i", B, B)
+            ab, aa, bb = row_dots(A, B), row_dots(A, A), row_dots(B, B)
             tot[0] += float(ab.sum())
             tot[1] += float(aa.sum())
             tot[2] += float(bb.sum())
@@ -188,8 +190,7 @@ class TensorMetricAccumulator:
         return tot[0], tot[1], tot[2]
 
     def _add_part(self, a, b, tot) -> None:
-        ab, aa, bb = (float(np.einsum("i,i->", a, b)), float(np.einsum("i,i->", a, a)),
-                      float(np.einsum("i,i->", b, b)))
+        ab, aa, bb = dot(a, b), dot(a, a), dot(b, b)
         self._part[0] += ab
         self._part[1] += aa
         self._part[2] += bb
