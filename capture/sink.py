@@ -6,10 +6,12 @@ queue holds ``max_queue_bytes`` (back-pressure, never unbounded memory). A failu
 permission) is raised in the producer's thread at its next ``put()`` or at ``close()``, and no dump appears.
 
 A producer whose own computation already occupies every core (a CPU forward with one torch thread per core) calls
-``hold(True)`` around it: the writer then waits while records queue up, and writes between forwards, or when the
-queue is full (the producer is blocked then, so the cores are free), or at ``close()``. Writing during such a forward
-preempts one of torch's OpenMP threads, and every parallel region waits at its barrier for the preempted thread:
-measured on 2 cores, the hooked forward ran 2x slower than forward and writing one after the other.
+``write_inline(True)`` around it: ``put()`` then writes the record on the producer's own thread, before returning
+(after anything queued earlier, so the order holds), and the writer thread stays idle. Writing on the writer thread
+during such a forward preempts one of torch's OpenMP threads, and every parallel region waits at its barrier for it
+(measured on 2 cores: the hooked forward ran 2x slower). Inline, nothing competes with the forward, the record's
+data needs no copy (the hook writes the live tensor before the model can change it), and its statistics are computed
+while the data is still in cache (measured: full capture - bare forward 2.1-3.0x -> see BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -83,8 +85,7 @@ class RecordSink:
         self._error: BaseException | None = None
         self._closing = False
         self._aborted = False
-        self._held = False
-        self._producer_waiting = False
+        self._inline = False
         self._thread = threading.Thread(target=self._run, name="tensorparity-writer", daemon=True)
         self._thread.start()
 
@@ -101,16 +102,22 @@ class RecordSink:
         self.reserved_bytes += nbytes
         return True
 
-    def hold(self, held: bool) -> None:
-        """While held, the writer waits (unless the queue is full or the sink is closing): the producer's
-        computation is using every core. ``hold(False)`` lets it write again."""
-        with self._cond:
-            self._held = bool(held)
-            self._cond.notify_all()
+    def write_inline(self, inline: bool) -> None:
+        """While on, ``put()`` writes the record on the caller's thread before returning (see the module doc)."""
+        self._inline = bool(inline)
+
+    @property
+    def writes_inline(self) -> bool:
+        """True while ``put()`` writes on the caller's thread: a record's data may then be the live tensor."""
+        return self._inline
 
     def put(self, record: PendingRecord) -> None:
-        """Queue a record; blocks while the queue is full. Raises the writer's error if it failed."""
-        self._put(("record", record), record.nbytes)
+        """Queue a record (blocks while the queue is full), or write it now when inline. Raises the writer's error
+        if it failed."""
+        if self._inline:
+            self._write_now(record)
+        else:
+            self._put(("record", record), record.nbytes)
 
     def put_array(self, name: str, array: np.ndarray) -> None:
         """Queue a named auxiliary array (e.g. generated tokens), written in order with the records."""
@@ -124,16 +131,30 @@ class RecordSink:
             # a single record larger than the bound is admitted alone (nothing queued nor being written), so
             # progress never stops and memory stays within max(bound, largest record)
             while self._queued_bytes and self._queued_bytes + nbytes > self.max_queue_bytes and self._error is None:
-                self._producer_waiting = True  # a held writer writes now: the producer's cores are idle
-                self._cond.notify_all()
                 self._cond.wait()
-            self._producer_waiting = False
             self.blocked_seconds += time.perf_counter() - start
             self._raise_if_failed()
             self._queue.append((item, nbytes))
             self._queued_bytes += nbytes
-            if not self._held:  # a held writer would only wake up to wait again: no context switch per record
-                self._cond.notify_all()
+            self._cond.notify_all()
+
+    def _write_now(self, record: PendingRecord) -> None:
+        with self._cond:
+            self._raise_if_failed()
+            start = time.perf_counter()
+            while self._queued_bytes and self._error is None:  # what was queued before is written first
+                self._cond.wait()
+            self.blocked_seconds += time.perf_counter() - start
+            self._raise_if_failed()
+        # only the producer puts, and the queue is empty: the writer thread is idle while this thread writes
+        try:
+            self._write(("record", record))
+        except Exception as exc:
+            self._error = exc  # close() then aborts: no dump appears
+            self._raise_if_failed()
+        except BaseException as exc:  # KeyboardInterrupt: stop as it is, and leave no dump
+            self._error = exc
+            raise
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -147,7 +168,7 @@ class RecordSink:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and (not self._queue or (self._held and not self._producer_waiting)):
+                while not self._closing and not self._queue:
                     self._cond.wait()
                 if not self._queue:
                     return

@@ -5,12 +5,14 @@
 the caller moves the position with ``cap.at(sample, step)``. Each tensor is handled by the policy rule of its site:
 
 - ``stats``: statistics with torch on the tensor's device; only the numbers move.
-- ``full`` / ``slice`` / ``topk``: the hook copies the (reduced) tensor (on CPU, a single-threaded numpy copy into a
+- ``full`` / ``slice`` / ``topk``: during a CPU forward with a torch thread on every core, the hook writes the
+  (reduced) tensor to the dump itself, before returning (``RecordSink.write_inline``: no copy, and the writer thread
+  does not compete with torch's threads). Otherwise the hook copies it (on CPU, a single-threaded numpy copy into a
   pooled buffer; on an accelerator, a non-blocking copy into pinned memory plus an event) and queues it; the writer
   thread waits for the event and converts to numpy. bfloat16 and fp8 go to the dump as their bit patterns. The
-  statistics of a full record of a CPU tensor are computed on the writer thread from the copy (the same numbers:
-  the copy holds the same values), off the forward's critical path; a reduced record needs the whole tensor's
-  statistics, so its hook computes them.
+  statistics of a full record of a CPU tensor are computed by the DumpWriter from the data it writes (the same
+  numbers), on a helper thread while h5py writes; a reduced record needs the whole tensor's statistics, so its hook
+  computes them.
 - ``skip``: nothing.
 """
 from __future__ import annotations
@@ -165,7 +167,7 @@ class TorchCapture:
                     stats = torch_stats(t)  # else None: the writer computes them from the copy
                 shared = seen.resolve() if rule.action == "full" and seen is not None and seen.resolve else None
                 # the very tensor was copied already and that copy still waits in the queue: share it
-                resolve = shared or _copy_for_writer(data, aux, stats, self._pool)
+                resolve = shared or _copy_for_writer(data, aux, stats, self._pool, self.sink.writes_inline)
                 self._remember(t, seen, stats, resolve if rule.action == "full" else None)
                 self.sink.put(PendingRecord(key, dtype, shape, rule.action, nbytes, resolve, module_type,
                                             rule.reduction()))
@@ -245,8 +247,12 @@ def _host_copy(data: torch.Tensor, pool: HostBufferPool) -> torch.Tensor:
     return host
 
 
-def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: HostBufferPool):
-    """Copy now (the tensor may be changed in place after the hook returns); convert later on the writer thread."""
+def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: HostBufferPool, inline: bool):
+    """Copy now (the tensor may be changed in place after the hook returns); convert later on the writer thread.
+    A CPU tensor written inline (before the hook returns) needs no copy."""
+    if data.device.type == "cpu" and inline:
+        data, aux = data.resolve_neg(), aux.resolve_neg() if aux is not None else None  # .numpy() refuses the neg bit
+        return lambda: Resolved(stats, _to_numpy(data), _to_numpy(aux) if aux is not None else None)
     if data.device.type == "cpu":
         # a top-k result is already a fresh tensor; anything else may be a view that the model changes later
         host = data if aux is not None else _host_copy(data, pool)
@@ -272,8 +278,8 @@ def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: 
 
 
 def _forward_fills_cores(model: torch.nn.Module) -> bool:
-    """True when the model runs on the CPU with a torch thread on every core this process may use: then the
-    writer thread would preempt one of those threads in every parallel region (see capture/sink.py)."""
+    """True when the model runs on the CPU with a torch thread on every core this process may use: then a writer
+    thread would preempt one of those threads in every parallel region, so the hooks write inline (capture/sink.py)."""
     first = next(iter(model.parameters()), None)
     if first is not None and first.device.type != "cpu":
         return False
@@ -284,21 +290,21 @@ def _forward_fills_cores(model: torch.nn.Module) -> bool:
     return torch.get_num_threads() >= cores
 
 
-def _hold_writer_during_forward(model: torch.nn.Module, sink: RecordSink) -> list:
-    """Hooks on the root that hold the sink's writer from the outermost forward's start to its end (or error)."""
+def _inline_switches(sink: RecordSink) -> tuple:
+    """A root pre-hook and post-hook that make the sink write inline from the outermost forward's start to its end
+    (or error). The post-hook goes after the capture's own, so the root's outputs are written inline too."""
     depth = [0]
 
     def enter(module, args):
         depth[0] += 1
         if depth[0] == 1:
-            sink.hold(True)
+            sink.write_inline(True)
 
     def leave(module, args, output):
         depth[0] = max(depth[0] - 1, 0)
         if depth[0] == 0:
-            sink.hold(False)
-    return [model.register_forward_pre_hook(enter, prepend=True),
-            model.register_forward_hook(leave, always_call=True)]
+            sink.write_inline(False)
+    return enter, leave
 
 
 @contextlib.contextmanager
@@ -340,8 +346,9 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
                        _pool=HostBufferPool(real_sink.max_queue_bytes, pinned=pinned))
     handles = []
     try:
-        if _forward_fills_cores(model):
-            handles += _hold_writer_during_forward(model, real_sink)
+        inline = _inline_switches(real_sink) if _forward_fills_cores(model) else None
+        if inline:
+            handles.append(model.register_forward_pre_hook(inline[0], prepend=True))
         for path, module in model.named_modules():
             if not selection.selects(path, module):
                 continue
@@ -349,6 +356,8 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
                 lambda m, a, kw, _p=path: cap._pre_hook(_p, m, a, kw), with_kwargs=True))
             handles.append(module.register_forward_hook(
                 lambda m, a, kw, o, _p=path: cap._post_hook(_p, m, a, kw, o), with_kwargs=True))
+        if inline:
+            handles.append(model.register_forward_hook(inline[1], always_call=True))
         yield cap
     except BaseException:
         if owns_sink:
@@ -360,4 +369,4 @@ def torch_capture(model: torch.nn.Module, sink: RecordSink | DumpWriter, policy:
     finally:
         for handle in handles:
             handle.remove()
-        real_sink.hold(False)
+        real_sink.write_inline(False)
