@@ -23,10 +23,13 @@ from .version import DUMP_FORMAT, FORMAT_VERSION
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
 DEFAULT_CHUNK_BYTES = 4 << 20
 _INDEX_FLUSH_ROWS = 256
-#: Records at least this large get their statistics computed on a helper thread while h5py writes them (h5py
-#: releases the GIL during H5Dwrite and numpy during its loops, so the two overlap on two cores). Low, because the
-#: records of a capture are mostly 0.5-4 MB activations; below it, the hand-over costs more than it saves.
+#: Records at least this large get their statistics computed on a helper thread while their data is written. They
+#: overlap on two cores when the write is an os.pwrite (_pwrite releases the GIL; h5py holds it for a whole write, so
+#: for chunked or compressed records only numpy's loops overlap). Low, because the records of a capture are mostly
+#: 0.5-4 MB activations; below it, the hand-over costs more than it saves.
 _PARALLEL_STATS_BYTES = 256 << 10
+#: Uncompressed contiguous records at least this large are written with os.pwrite at their offset (see _pwrite).
+_DIRECT_BYTES = 64 << 10
 #: Free space kept beyond each record's bytes for HDF5's metadata (index, manifest, object headers).
 _SPACE_MARGIN = 1 << 20
 #: Generous bytes per index row (strings included) for the free-space check before an index flush.
@@ -92,6 +95,7 @@ class DumpWriter:
         self._arrays: set[str] = set()
         self._closed = False
         self._pool: ThreadPoolExecutor | None = None
+        self._raw_fd: int | None = None  # second descriptor of the partial file, for direct data writes
         if os.path.exists(self.path):
             raise CaptureError("a dump already exists under this name", self.path,
                                "choose another output name; tensorparity never overwrites a dump")
@@ -136,18 +140,21 @@ class DumpWriter:
         array = np.asarray(array)
         logical = dtypes.logical_of(array, dtype)
         stored = dtypes.to_storage(array, logical)
+        if stats is None and storage != "full":
+            raise ValueError("statistics of the whole tensor are needed for a reduced record")
+        name = self._data_name()
+        ds, offset = self._new_dataset(name, stored, logical)
         pending: Future | None = None
         if stats is None:
-            if storage != "full":
-                raise ValueError("statistics of the whole tensor are needed for a reduced record")
+            # started once the dataset exists: HDF5 calls hold the GIL, and competing for it with the statistics
+            # thread made them ~8x slower (measured in a capture)
             values = dtypes.decode(stored, logical)
             if stored.nbytes >= _PARALLEL_STATS_BYTES:
                 pending = self._stats_pool().submit(compute_stats, values)
             else:
                 stats = compute_stats(values)
-        name = self._data_name()
         try:
-            self._write_dataset(name, stored, logical)
+            self._fill_dataset(ds, offset, stored)
         finally:
             if pending is not None:
                 stats = pending.result()
@@ -218,6 +225,7 @@ class DumpWriter:
             self._file.attrs["state"] = "complete"  # set last: nothing earlier can look complete
             self._file.flush()
             self._file.close()
+            self._close_raw_fd()
             _fsync_path(self.partial_path)
         except OSError as exc:
             self.abort()
@@ -233,6 +241,7 @@ class DumpWriter:
         """Close and remove the partial file; nothing appears under the final name."""
         self._closed = True
         self._stop_pool()
+        self._close_raw_fd()
         # unlink first: after an I/O error HDF5 may fail hard while closing, and nothing must be left behind
         with contextlib.suppress(OSError):
             os.unlink(self.partial_path)
@@ -312,11 +321,16 @@ class DumpWriter:
                                f" MiB needed to go on); the dump was not written", self.path,
                                "free space or write elsewhere")
 
-    def _create_dataset(self, name: str, shape: tuple, storage: np.dtype, logical: str) -> h5py.Dataset:
+    def _create_dataset(self, name: str, shape: tuple, storage: np.dtype, logical: str,
+                        direct: bool = False) -> h5py.Dataset:
         nbytes = int(np.prod(shape, dtype=np.int64)) * storage.itemsize
         self._check_space(nbytes)
         kwargs = {}
-        if shape and nbytes > 0 and (nbytes > self.chunk_bytes or self._filter):
+        if direct:  # contiguous, its space allocated now (so it has an offset) and never filled by HDF5
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            kwargs = {"dcpl": dcpl, "fill_time": "never"}
+        elif shape and nbytes > 0 and (nbytes > self.chunk_bytes or self._filter):
             kwargs = {"chunks": chunk_shape(shape, storage.itemsize, self.chunk_bytes), **self._filter}
         try:
             ds = self._file.create_dataset(name, shape=shape, dtype=storage, **kwargs)
@@ -327,8 +341,19 @@ class DumpWriter:
         return ds
 
     def _write_dataset(self, name: str, stored: np.ndarray, logical: str) -> None:
-        ds = self._create_dataset(name, tuple(stored.shape), stored.dtype, logical)
-        if stored.size:
+        self._fill_dataset(*self._new_dataset(name, stored, logical), stored)
+
+    def _new_dataset(self, name: str, stored: np.ndarray, logical: str) -> tuple[h5py.Dataset, int | None]:
+        """The dataset for ``stored``, and its file offset when its bytes are to be written directly."""
+        direct = (not self._filter and _DIRECT_BYTES <= stored.nbytes <= self.chunk_bytes
+                  and stored.dtype.kind in "fiu")
+        ds = self._create_dataset(name, tuple(stored.shape), stored.dtype, logical, direct)
+        return ds, ds.id.get_offset() if direct else None
+
+    def _fill_dataset(self, ds: h5py.Dataset, offset: int | None, stored: np.ndarray) -> None:
+        if offset is not None:
+            self._pwrite(np.ascontiguousarray(stored), offset)
+        elif stored.size:
             try:
                 ds.write_direct(np.ascontiguousarray(stored))
                 # flush chunked data now: a write that fails later (disk full) in a cached chunk is otherwise only
@@ -340,6 +365,26 @@ class DumpWriter:
                 error = _write_error(exc, self.path)
                 del ds  # release the dataset while its file is open: HDF5 crashes releasing it after abort()
                 raise error from None
+
+    def _pwrite(self, data: np.ndarray, offset: int) -> None:
+        """Write a contiguous dataset's bytes at its file offset, outside HDF5. The bytes are the same (the dataset's
+        type is the array's own dtype), but the system call releases the GIL, which h5py holds for a whole write:
+        the statistics of the record are computed on the helper thread meanwhile. The final fsync covers them."""
+        try:
+            if self._raw_fd is None:
+                self._raw_fd = os.open(self.partial_path, os.O_WRONLY)
+            view = memoryview(data.reshape(-1).view(np.uint8))
+            while view.nbytes:
+                written = os.pwrite(self._raw_fd, view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise _write_error(exc, self.path) from None
+
+    def _close_raw_fd(self) -> None:
+        if self._raw_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._raw_fd)
+            self._raw_fd = None
 
 
 class RecordStream:

@@ -56,7 +56,9 @@ class StatsAccumulator:
         """Add a chunk of (decoded, numeric) values of any shape."""
         flat = np.asarray(values).reshape(-1)
         self.numel += flat.size
-        for m in _block_moments(flat):
+        with np.errstate(invalid="ignore"):  # casting a signalling NaN (any bit pattern can hold one) warns
+            moments = _block_moments(flat)
+        for m in moments:
             self._fold(*m)
 
     def _fold(self, n: int, bmean: float, bm2: float, bmin: float, bmax: float, nan: int, inf: int) -> None:
