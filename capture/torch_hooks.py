@@ -11,8 +11,8 @@ the caller moves the position with ``cap.at(sample, step)``. Each tensor is hand
   pooled buffer; on an accelerator, a non-blocking copy into pinned memory plus an event) and queues it; the writer
   thread waits for the event and converts to numpy. bfloat16 and fp8 go to the dump as their bit patterns. The
   statistics of a full record of a CPU tensor are computed by the DumpWriter from the data it writes (the same
-  numbers), on a helper thread while h5py writes; a reduced record needs the whole tensor's statistics, so its hook
-  computes them.
+  numbers), on a helper thread while the data is written; a reduced record needs the whole tensor's statistics, so
+  its hook computes them.
 - ``skip``: nothing.
 """
 from __future__ import annotations
@@ -164,7 +164,7 @@ class TorchCapture:
             if self.sink.reserve(nbytes):
                 stats = seen.stats if seen is not None else None
                 if stats is None and not (rule.action == "full" and t.device.type == "cpu"):
-                    stats = torch_stats(t)  # else None: the writer computes them from the copy
+                    stats = torch_stats(t)  # else None: the writer computes them from the data it writes
                 shared = seen.resolve() if rule.action == "full" and seen is not None and seen.resolve else None
                 # the very tensor was copied already and that copy still waits in the queue: share it
                 resolve = shared or _copy_for_writer(data, aux, stats, self._pool, self.sink.writes_inline)
