@@ -214,11 +214,14 @@ class TensorMetricAccumulator:
         self.rows_cos_min = min(self.rows_cos_min, float(cos.min()))
 
     def result(self) -> MetricValues:
-        """The metrics of everything added so far (METRICS.md section 1, with its edge cases)."""
+        """The metrics of everything added so far (METRICS.md section 1, with its edge cases). Changes nothing: it
+        may be called again, and more blocks may follow."""
         if self.numel == 0:
             return MetricValues("empty", {m: None for m in TENSOR_METRICS}, 0, 0)
-        if self.offset % self.row_len:
-            self._finish_part()
+        rows, cos_sum, cos_min = self.rows, self.rows_cos_sum, self.rows_cos_min
+        if self.offset % self.row_len:  # the row still open counts as it stands
+            cos = _cosine(*self._part)
+            rows, cos_sum, cos_min = rows + 1, cos_sum + cos, min(cos_min, cos)
         n = self.numel - self.excluded
         counts = {"nan_mismatch": float(self.nan_mismatch), "inf_mismatch": float(self.inf_mismatch)}
         if n <= 0:
@@ -241,8 +244,8 @@ class TensorMetricAccumulator:
             "psnr_db": _ratio_db(self.peak * self.peak, mse),
             "allclose_frac": (n - self.fails) / n,
             **counts,
-            "cos_rows_mean": self.rows_cos_sum / self.rows if self.rows else None,
-            "cos_rows_min": self.rows_cos_min if self.rows else None,
+            "cos_rows_mean": cos_sum / rows if rows else None,
+            "cos_rows_min": cos_min if rows else None,
         }
         return MetricValues("ok", values, self.numel, self.excluded)
 

@@ -46,6 +46,21 @@ def test_streaming_with_rows_split_across_blocks_equals_one_pass(tile, block):
     check(a, b, acc.result())
 
 
+def test_result_changes_nothing_and_may_be_asked_for_midway():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((3, 40))
+    b = a + 0.01 * rng.standard_normal(a.shape)
+    acc = TensorMetricAccumulator(a.shape, tile=16)
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    acc.update(fa[:55], fb[:55])  # a row is open
+    midway = acc.result()
+    assert acc.result() == midway and midway.values["cos_rows_min"] is not None
+    acc.update(fa[55:], fb[55:])
+    final = acc.result()
+    assert acc.result() == final
+    check(a, b, final)
+
+
 def test_identical():
     a = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
     v = tensor_metrics(a, a.copy()).values
