@@ -217,8 +217,13 @@ def _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements) -> MetricValues:
     if ri.numel:
         blocks = zip(rd.iter_blocks(ri, chunk_elements, reuse=True), cd.iter_blocks(ci, chunk_elements, reuse=True))
         # several blocks: read the next pair while this one is measured (one block has nothing to overlap with)
-        for a, b in read_ahead(blocks) if ri.numel > chunk_elements else blocks:
-            acc.update(a, b)
+        ahead = read_ahead(blocks) if ri.numel > chunk_elements else None
+        try:
+            for a, b in ahead or blocks:
+                acc.update(a, b)
+        finally:
+            if ahead is not None:
+                ahead.close()  # now, on an error too: waits for the read in flight before the caller closes the files
     return acc.result()
 
 

@@ -30,6 +30,7 @@ _INDEX_FLUSH_ROWS = 256
 _PARALLEL_STATS_BYTES = 256 << 10
 #: Uncompressed contiguous records at least this large are written with os.pwrite at their offset (see _pwrite).
 _DIRECT_BYTES = 64 << 10
+_HAS_PWRITE = hasattr(os, "pwrite")  # not on Windows (DirectML hosts): HDF5 writes everything there
 #: Free space kept beyond each record's bytes for HDF5's metadata (index, manifest, object headers).
 _SPACE_MARGIN = 1 << 20
 #: Generous bytes per index row (strings included) for the free-space check before an index flush.
@@ -345,7 +346,7 @@ class DumpWriter:
 
     def _new_dataset(self, name: str, stored: np.ndarray, logical: str) -> tuple[h5py.Dataset, int | None]:
         """The dataset for ``stored``, and its file offset when its bytes are to be written directly."""
-        direct = (not self._filter and _DIRECT_BYTES <= stored.nbytes <= self.chunk_bytes
+        direct = (_HAS_PWRITE and not self._filter and _DIRECT_BYTES <= stored.nbytes <= self.chunk_bytes
                   and stored.dtype.kind in "fiu")
         ds = self._create_dataset(name, tuple(stored.shape), stored.dtype, logical, direct)
         return ds, ds.id.get_offset() if direct else None

@@ -70,6 +70,27 @@ def test_pass_and_divergence(tmp_path, input_set):
     assert lb.perplexity["reference"]["per_sample"][0]["ppl"] == pytest.approx(math.exp(np.mean(nll)))
 
 
+def test_records_read_in_many_blocks_ahead_give_the_one_block_metrics(tmp_path, input_set):
+    path, sha, _ = input_set
+    rng = np.random.default_rng(7)
+    big = [(f"s0/t0/m{i}:out#0", rng.standard_normal((40, 96)).astype(np.float32)) for i in range(3)]
+    noisy = [(k, a + np.float32(1e-3) * rng.standard_normal(a.shape).astype(np.float32)) for k, a in big]
+    noisy[1][1][5, 7] = np.nan  # a mismatch in a middle block
+    ref = write_dump(tmp_path / "ref.h5", big, sha=sha)
+    cand = write_dump(tmp_path / "cand.h5", noisy, sha=sha)
+    whole = analyze.compare(ref, cand, inputs=path)
+    blocks = analyze.compare(ref, cand, inputs=path, chunk_elements=500)  # 8 blocks per record, read ahead
+    for sw, sb in zip(whole.sites, blocks.sites):
+        for rw, rb in zip(sw.records, sb.records):
+            assert rb.metrics.keys() == rw.metrics.keys()
+            for name, value in rw.metrics.items():
+                assert rb.metrics[name] == pytest.approx(value, rel=1e-12, nan_ok=True), name
+    for (key, a), (_, b) in zip(big, noisy):  # and both are the plain reference's numbers
+        got = blocks.sites[int(key[7])].records[0].metrics
+        assert got["rel_l2"] == pytest.approx(tensor_reference(a, b)["rel_l2"], rel=1e-9)
+        assert got["nan_mismatch"] == float(np.isnan(b).sum())
+
+
 def test_unmatched_and_mismatched_records_are_reported(tmp_path, input_set):
     _, sha, _ = input_set
     ref = write_dump(tmp_path / "ref.h5", [("s0/t0/a:out#0", np.ones((2, 3), np.float32)),

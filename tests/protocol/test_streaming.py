@@ -58,10 +58,18 @@ def test_streamed_record_equals_the_whole_and_blocks_reassemble(item, max_elemen
             assert same_bits(joined, arr.reshape(-1))
             decoded = np.concatenate(list(r.iter_blocks(info, max_elements)))
             assert same_bits(decoded, values.reshape(-1))
-            # two alternating buffers: each block stays intact while the next one is read ahead
-            reused = [b.copy() for b in read_ahead(r.iter_blocks(info, max_elements, reuse=True))]
-            assert [b.size for b in reused] == [b.size for b in blocks]
-            assert same_bits(np.concatenate(reused), values.reshape(-1))
+            # two alternating buffers: a block stays intact after the next one has been read
+            reused = r.iter_blocks(info, max_elements, raw=True, reuse=True)
+            previous = None
+            for i, want in enumerate(blocks):
+                got = next(reused)
+                assert same_bits(got, want)
+                if previous is not None:
+                    assert same_bits(previous, blocks[i - 1])
+                previous = got
+            assert next(reused, None) is None
+            ahead = [b.copy() for b in read_ahead(r.iter_blocks(info, max_elements, reuse=True))]
+            assert same_bits(np.concatenate(ahead), values.reshape(-1))
 
 
 @PROPERTY
