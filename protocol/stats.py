@@ -90,6 +90,7 @@ class StatsAccumulator:
 
 def _block_moments(flat: np.ndarray) -> list[tuple]:
     """``(n, mean, m2, min, max, nan, inf)`` of each block of ``flat``, over its finite elements."""
+    compiled = _kernels() if flat.dtype in _COMPILED_TYPES and flat.size >= _COMPILED_MIN else None
     # one float64 scratch buffer per call, reused by every block: no allocation (and page faults) per block, and
     # the block stays in cache across the few passes below
     buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
@@ -103,6 +104,9 @@ def _block_moments(flat: np.ndarray) -> list[tuple]:
         # are widened first (rounding beyond 2**53 is monotonic, so the result is the same either way)
         if native_minmax:
             bmin, bmax = float(block.min()), float(block.max())
+        if compiled is not None and math.isfinite(bmin) and math.isfinite(bmax):
+            out.append((block.size, *_compiled_moments(compiled, block, bmin, bmax), bmin, bmax, 0, 0))
+            continue
         np.copyto(x, block, casting="unsafe")  # exact, except 64-bit ints beyond 2**53 (rounded)
         if not native_minmax:
             bmin, bmax = float(x.min()), float(x.max())
@@ -135,6 +139,35 @@ def _moments(x: np.ndarray, bmin: float, bmax: float) -> tuple[float, float]:
         return mean, m2
     x -= mean
     return mean, dot(x, x)
+
+
+def _compiled_moments(compiled, block: np.ndarray, bmin: float, bmax: float) -> tuple[float, float]:
+    """``_moments`` by the compiled kernels, straight from a finite float32/float64 block (no float64 copy)."""
+    if bmin == bmax:
+        return bmin, 0.0
+    sums, centred = compiled
+    s1, s2 = sums(block)
+    mean = s1 / block.size
+    m2 = s2 - s1 * mean
+    if m2 > 1e-4 * s2:  # the same rule as _moments
+        return mean, m2
+    return mean, centred(block, mean)
+
+
+_COMPILED_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPILED_MIN = 1 << 16  # elements: smaller arrays never import numba (CLI tools, tests on tiny dumps)
+_KERNELS: list = []
+
+
+def _kernels():
+    """The compiled ``(sums, centred)``, or None without numba (then numpy does the work); imported once."""
+    if not _KERNELS:
+        try:
+            from .stats_kernels import centred, sums
+            _KERNELS.append((sums, centred))
+        except ImportError:
+            _KERNELS.append(None)
+    return _KERNELS[0]
 
 
 def compute_stats(values: np.ndarray) -> TensorStats:

@@ -9,8 +9,8 @@ import pytest
 
 FORBIDDEN = {
     "protocol": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "click", "watchdog", "transformers",
-                 "capture", "analyze"],
-    "analyze": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture"],
+                 "capture", "analyze", "numba"],
+    "analyze": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture", "numba"],
     "capture": ["analyze", "torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
     "workflows": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
     "analyze.cli.main": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture"],
@@ -37,4 +37,4 @@ def test_cli_help_imports_no_ml_framework(argv):
             "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = set(json.loads(out.strip().splitlines()[-1]))
-    assert not loaded & {"torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"}
+    assert not loaded & {"torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "numba"}

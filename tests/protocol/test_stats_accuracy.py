@@ -1,14 +1,30 @@
-"""compute_stats against a plain float64 reference, on the data that stresses its fast path: large offsets (the
-centred fallback), constants, NaN/Inf, integers, several blocks and a partial one."""
+"""compute_stats against a plain float64 reference, on the data that stresses its fast paths: large offsets (the
+centred fallback), constants, NaN/Inf, integers, several blocks and a partial one; with the compiled kernels
+(protocol/stats_kernels.py, numba) and with numpy alone."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import protocol.stats
 from protocol import compute_stats, dot, row_dots
 from protocol.stats import _BLOCK
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """Statistics by the compiled kernels (when numba is installed), or by numpy alone."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        assert protocol.stats._kernels() is not None
+    else:
+        monkeypatch.setattr(protocol.stats, "_kernels", lambda: None)
+    return request.param
 
 
 def _reference(x: np.ndarray) -> dict:
@@ -21,7 +37,7 @@ def _reference(x: np.ndarray) -> dict:
 
 @pytest.mark.parametrize("kind", ["float32", "offset_float64", "offset_float32", "int32", "int64", "nonfinite",
                                   "bool", "float16", "constant", "outliers"])
-def test_statistics_match_a_plain_float64_computation(kind):
+def test_statistics_match_a_plain_float64_computation(kind, kernel):
     rng = np.random.default_rng(0)
     n = 5 * _BLOCK + 123  # several blocks and a partial one
     x = {"float32": lambda: (rng.standard_normal(n) * 3 + 7).astype(np.float32),
@@ -50,6 +66,27 @@ def test_statistics_match_a_plain_float64_computation(kind):
         assert got.std == pytest.approx(ref["std"], rel=1e-10)
     if kind == "nonfinite":
         assert got.nan_count == int(np.isnan(x).sum()) and got.inf_count == _BLOCK + 1
+
+
+def test_compiled_and_numpy_statistics_agree(monkeypatch):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(5)
+    for x in (rng.standard_normal(3 * _BLOCK + 7).astype(np.float32), rng.standard_normal(_BLOCK) * 50 + 3):
+        compiled = compute_stats(x)
+        with monkeypatch.context() as m:
+            m.setattr(protocol.stats, "_kernels", lambda: None)
+            plain = compute_stats(x)
+        assert (compiled.min, compiled.max, compiled.numel) == (plain.min, plain.max, plain.numel)
+        for f in ("mean", "std", "l2", "abs_max"):
+            assert getattr(compiled, f) == pytest.approx(getattr(plain, f), rel=1e-13), f
+
+
+def test_small_arrays_and_import_protocol_do_not_load_numba():
+    code = ("import sys, json, numpy as np, protocol\n"
+            "protocol.compute_stats(np.ones(1000, np.float32))\n"
+            "print(json.dumps('numba' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert json.loads(out) is False
 
 
 @pytest.mark.parametrize("n", [0, 1, 8191, 8192, 8193, 3 * 8192 + 5])
