@@ -35,8 +35,8 @@ def _reference(x: np.ndarray) -> dict:
             "l2": math.sqrt(float(np.sum(f * f))), "min": f.min(), "max": f.max()}
 
 
-@pytest.mark.parametrize("kind", ["float32", "offset_float64", "offset_float32", "int32", "int64", "nonfinite",
-                                  "bool", "float16", "constant", "outliers"])
+@pytest.mark.parametrize("kind", ["float32", "offset_float64", "offset_float32", "offset_9sd", "int32", "int64",
+                                  "nonfinite", "bool", "float16", "constant", "outliers"])
 def test_statistics_match_a_plain_float64_computation(kind, kernel):
     rng = np.random.default_rng(0)
     n = 5 * _BLOCK + 123  # several blocks and a partial one
@@ -44,6 +44,8 @@ def test_statistics_match_a_plain_float64_computation(kind, kernel):
          # mean**2 / var = 1e6 and 1e8: the one-pass sum of squares would lose 6-8 digits; the centred pass does not
          "offset_float64": lambda: rng.standard_normal(n) * 1e6 + 1e9,
          "offset_float32": lambda: (rng.standard_normal(n) + 1e4).astype(np.float32),
+         # |mean| = 9 std: just inside the compiled kernels' one-pass range (their centred pass starts at 10)
+         "offset_9sd": lambda: (rng.standard_normal(n) + 9).astype(np.float32),
          "int32": lambda: rng.integers(-1000, 1000, n).astype(np.int32),
          "int64": lambda: rng.integers(0, 2 ** 40, n),
          "nonfinite": lambda: np.where(rng.random(n) < 0.01, np.nan, rng.standard_normal(n)).astype(np.float32),
