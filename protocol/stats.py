@@ -166,8 +166,12 @@ def _kernels():
     if not _KERNELS:
         try:
             from .stats_kernels import centred, sums
+            for dtype in _COMPILED_TYPES:  # compile (or load) now: a numba that cannot must not fail a capture
+                probe = np.arange(3, dtype=dtype)
+                sums(probe)
+                centred(probe, 1.0)
             _KERNELS.append((sums, centred))
-        except ImportError:
+        except Exception:  # not installed, or unusable here (a broken llvmlite, an unsupported CPU)
             _KERNELS.append(None)
     return _KERNELS[0]
 
