@@ -1,7 +1,7 @@
 """Compiled float64 sums for protocol.stats (numba, from the ``fast`` extra; ``all`` includes it).
 
 numpy needs a float64 copy of a float32 block and a pass per sum (4-4.8 GB/s of float32 on one core here); these
-loops widen each value in a register and keep both sums in float64, straight from the block (~40 GB/s from cache).
+loops widen each value in a register and keep both sums in float64, straight from the block (~30 GB/s from cache).
 They run without the GIL, so the writer's statistics thread overlaps the data write. They are only called on blocks
 known to be finite (their min and max are), which is what makes ``fastmath`` (reassociation into vector lanes) safe:
 the result is a float64 sum in another order, of chunk sums so that its error stays near numpy's pairwise sum, and
