@@ -1,6 +1,8 @@
 """tensorparity's file protocol: dumps, input sets and the shared-folder layout (see SPEC.md).
 
-Depends only on the standard library, numpy and h5py. Only this package opens dump files with h5py.
+Depends only on the standard library, numpy and h5py; numba, when installed (the ``fast`` extra), computes the
+statistics of large float arrays faster, imported on first use (protocol/stats_kernels.py), never by
+``import protocol``. Only this package opens dump files with h5py.
 """
 from .dots import dot, row_dots
 from .dtypes import bfloat16_bits, decode
