@@ -3,7 +3,6 @@ eval-compare, perplexity on identical inputs (tools/ scripts and the parity CLI)
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,13 @@ from click.testing import CliRunner
 
 from analyze.cli.main import cli
 from tests.capture.onnx_fixtures import exported, genai_build, tiny_llama_dir
+from tests.protocol.support import REPO, load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools", f"{name}.py")
 
 
 @pytest.fixture(scope="module")

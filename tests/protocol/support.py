@@ -1,7 +1,9 @@
 """Helpers shared by the protocol tests: a bounded hypothesis profile, array strategies, a numpy reference."""
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -9,6 +11,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from protocol import Manifest, TensorStats
+
+#: The repository's root folder.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_script(*parts: str):
+    """Import a script that is not in a package (``load_script("tools", "get_thresholds.py")``), by path."""
+    path = os.path.join(REPO, *parts)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(parts[-1])[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 #: Bounded examples, no deadline (file I/O timing varies on a shared machine), no example database in the tree.
 PROPERTY = settings(max_examples=40, deadline=None, database=None,

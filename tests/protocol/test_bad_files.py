@@ -2,7 +2,6 @@
 click's runner and the installed entry point; the committed files are still what make_bad.py writes."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 
@@ -11,19 +10,10 @@ from click.testing import CliRunner
 
 from analyze.cli.main import cli
 from protocol import ParityError, open_dump, validate
+from tests.protocol.support import REPO, load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BAD = os.path.join(REPO, "tests", "data", "bad")
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_bad", os.path.join(BAD, "make_bad.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mb = _load_script()
+mb = load_script("tests", "data", "bad", "make_bad.py")
 NAMES = sorted(mb.EXPECTED)
 
 

@@ -3,7 +3,6 @@ them; SPEC.md's listing is exactly what the code writes."""
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -13,19 +12,10 @@ from click.testing import CliRunner
 
 from analyze.cli.main import cli
 from protocol import FORMAT_VERSION, open_dump, read_input_set, validate
+from tests.protocol.support import REPO, load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(REPO, "tests", "data", "golden")
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_golden", os.path.join(GOLDEN, "make_golden.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mg = _load_script()
+mg = load_script("tests", "data", "golden", "make_golden.py")
 VERSIONS = sorted(os.path.basename(p)[len("contents-v"):-len(".json")]
                   for p in glob.glob(os.path.join(GOLDEN, "contents-v*.json")))
 
