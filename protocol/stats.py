@@ -92,14 +92,13 @@ def _block_moments(flat: np.ndarray) -> list[tuple]:
     """``(n, mean, m2, min, max, nan, inf)`` of each block of ``flat``, over its finite elements."""
     compiled = _kernels() if flat.dtype in _COMPILED_TYPES and flat.size >= _COMPILED_MIN else None
     # one float64 scratch buffer per call, reused by every block: no allocation (and page faults) per block, and
-    # the block stays in cache across the few passes below
-    buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
+    # the block stays in cache across the few passes below; made on first need (the compiled path has none)
+    buf = None
     kind, size = flat.dtype.kind, flat.dtype.itemsize
     native_minmax = kind == "f" and size >= 4 or kind in "iu" and size < 8
     out = []
     for start in range(0, flat.size, _BLOCK):
         block = flat[start:start + _BLOCK]
-        x = buf[:block.size]
         # min/max in the native dtype are exact and read half the bytes (or less) of the float64 copy; 64-bit ints
         # are widened first (rounding beyond 2**53 is monotonic, so the result is the same either way)
         if native_minmax:
@@ -107,6 +106,9 @@ def _block_moments(flat: np.ndarray) -> list[tuple]:
         if compiled is not None and math.isfinite(bmin) and math.isfinite(bmax):
             out.append((block.size, *_compiled_moments(compiled, block, bmin, bmax), bmin, bmax, 0, 0))
             continue
+        if buf is None:
+            buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
+        x = buf[:block.size]
         np.copyto(x, block, casting="unsafe")  # exact, except 64-bit ints beyond 2**53 (rounded)
         if not native_minmax:
             bmin, bmax = float(x.min()), float(x.max())
