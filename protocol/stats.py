@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .compiled import load
 from .dots import dot
 
 _BLOCK = 1 << 17  # elements per float64 block (1 MiB): stays in cache across the passes, memory bounded
@@ -160,22 +161,19 @@ def _compiled_moments(kernels, block: np.ndarray, bmin: float, bmax: float) -> t
 
 _COMPILED_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _COMPILED_MIN = 1 << 16  # elements: smaller arrays never import numba (CLI tools, tests on tiny dumps)
-_KERNELS: list = []
+
+
+def _probe(kernels) -> None:
+    for dtype in _COMPILED_TYPES:
+        x = np.arange(3, dtype=dtype)
+        kernels.sums(x)
+        kernels.centred(x, 1.0)
 
 
 def _kernels():
     """The compiled ``(sums, centred)``, or None without numba (then numpy does the work); imported once."""
-    if not _KERNELS:
-        try:
-            from .stats_kernels import centred, sums
-            for dtype in _COMPILED_TYPES:  # compile (or load) now: a numba that cannot must not fail a capture
-                probe = np.arange(3, dtype=dtype)
-                sums(probe)
-                centred(probe, 1.0)
-            _KERNELS.append((sums, centred))
-        except Exception:  # not installed, or unusable here (a broken llvmlite, an unsupported CPU)
-            _KERNELS.append(None)
-    return _KERNELS[0]
+    kernels = load("protocol.stats_kernels", _probe)
+    return None if kernels is None else (kernels.sums, kernels.centred)
 
 
 def compute_stats(values: np.ndarray) -> TensorStats:

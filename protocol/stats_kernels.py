@@ -8,25 +8,18 @@ the result is a float64 sum in another order, of chunk sums so that its error st
 deterministic on a given CPU.
 
 Importing this module imports numba (0.2 s), so protocol.stats imports it on first use only (``_kernels()``), never
-at ``import protocol``.
+at ``import protocol`` (``protocol.compiled.load``).
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-
-def _jit(fn):
-    try:  # cached on disk next to this file, or in the user's cache folder
-        return numba.njit(cache=True, nogil=True, fastmath=True)(fn)
-    except RuntimeError:  # no writable cache location: compiled in memory by each process
-        return numba.njit(nogil=True, fastmath=True)(fn)
-
+from .jit import jit
 
 _CHUNK = 1024  # elements summed into a partial before it joins the total: the rounding error stays ~O(1000) ulps
 
 
-@_jit
+@jit(fastmath=True)
 def sums(x):
     """``(sum x, sum x*x)`` in float64 of a 1-D float32 or float64 array of finite values, as sums of chunk sums."""
     n = x.size
@@ -44,7 +37,7 @@ def sums(x):
     return s1, s2
 
 
-@_jit
+@jit(fastmath=True)
 def centred(x, mean):
     """``sum (x - mean)**2`` in float64 of a 1-D float32 or float64 array of finite values, as sums of chunk sums."""
     n = x.size
