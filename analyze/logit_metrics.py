@@ -22,12 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from protocol.compiled import load
+
 #: Per-token metric names, in report order.
 LOGIT_METRICS = ("kl", "kl_reverse", "js", "kl_abs_variant", "top1_agree", "topk_overlap", "delta_p",
                  "nll_ref", "nll_cand", "fms_ce", "fms_diff_mean", "fms_prob_mean", "fms_prob_std")
 DEFAULT_TOPK = 10
 FMS_TOPK = 20
 _TILE_ELEMENTS = 1 << 17
+_TILE_ELEMENTS_COMPILED = 1 << 20
 _BLOCK = 128  # block length of the top-k prefilter
 _LN2 = math.log(2.0)
 
@@ -44,18 +47,26 @@ def topk_indices(rows: np.ndarray, k: int) -> np.ndarray:
     nb = v // _BLOCK
     if nb <= 2 * k:
         return np.argpartition(rows, v - k, axis=1)[:, v - k:]
-    body = rows[:, :nb * _BLOCK].reshape(n, nb, _BLOCK)
-    block_max = body.max(axis=2)
+    # block j holds the elements j, j + nb, j + 2nb, ...: the maxima are then an elementwise maximum of _BLOCK
+    # contiguous slices (vector code, ~2.5x faster than reducing contiguous blocks of _BLOCK)
+    body = rows[:, :nb * _BLOCK].reshape(n, _BLOCK, nb)
+    block_max = body.max(axis=1)
     blocks = np.argpartition(block_max, nb - k, axis=1)[:, nb - k:]  # (n, k)
-    r = np.arange(n)[:, None]
-    cand = body[r, blocks].reshape(n, k * _BLOCK)
-    cand_idx = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(n, k * _BLOCK)
+    cand_idx = (blocks[:, None, :] + nb * np.arange(_BLOCK)[None, :, None]).reshape(n, _BLOCK * k)
     if nb * _BLOCK < v:  # the ragged tail is always a candidate
         tail = np.arange(nb * _BLOCK, v)
-        cand = np.concatenate([cand, rows[:, nb * _BLOCK:]], axis=1)
         cand_idx = np.concatenate([cand_idx, np.broadcast_to(tail, (n, tail.size))], axis=1)
+    cand = np.take_along_axis(rows, cand_idx, axis=1)
     pick = np.argpartition(cand, cand.shape[1] - k, axis=1)[:, cand.shape[1] - k:]
     return np.take_along_axis(cand_idx, pick, axis=1)
+
+
+def _top_of(rows: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """The k largest of each row among the indices ``idx`` (the top-k of a row from its top-K, K >= k)."""
+    if idx.shape[1] <= k:
+        return idx
+    vals = np.take_along_axis(rows, idx, axis=1)
+    return np.take_along_axis(idx, np.argpartition(vals, idx.shape[1] - k, axis=1)[:, idx.shape[1] - k:], axis=1)
 
 
 def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -76,40 +87,65 @@ class _Scratch:
         return getattr(self, name)[:n * v].reshape(n, v)
 
 
-def _tile_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray, k: int, s: _Scratch) -> dict:
+def _divergences_numpy(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, s: _Scratch) -> tuple:
+    """``(sa, sb, p·x, q·y, p·d, q·d, p·|d - c|, m'·log m')`` per row with numpy (see the module docstring)."""
+    n, v = a.shape
+    x, y, ea, eb, t = (s.view(nm, n, v) for nm in ("x", "y", "ea", "eb", "t"))
+    np.subtract(a, ma[:, None], out=x, dtype=np.float64)
+    np.subtract(b, mb[:, None], out=y, dtype=np.float64)
+    np.exp(x, out=ea)
+    np.exp(y, out=eb)
+    sa, sb = ea.sum(axis=1), eb.sum(axis=1)
+    c = np.log(sa) - np.log(sb)
+    ea *= (1.0 / sa)[:, None]  # p
+    eb *= (1.0 / sb)[:, None]  # q
+    px, qy = _rowdot(ea, x), _rowdot(eb, y)
+    np.subtract(x, y, out=t)  # d
+    pd, qd = _rowdot(ea, t), _rowdot(eb, t)
+    t -= c[:, None]
+    np.abs(t, out=t)
+    p_abs = _rowdot(ea, t)
+    np.add(ea, eb, out=t)  # m' = p + q = 2m
+    np.log(t, out=x)
+    return sa, sb, px, qy, pd, qd, p_abs, _rowdot(t, x)
+
+
+def _divergences_compiled(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, kernels,
+                          s: _Scratch) -> tuple:
+    """The same sums by ``analyze.logit_kernels`` (one fused pass per side and one for JS, vector exp/log)."""
+    n, v = a.shape
+    if a.dtype != b.dtype:  # one compiled variant per dtype: a mixed pair is widened, one tile at a time
+        a, b = a.astype(np.float64), b.astype(np.float64)
+    sums = np.empty((n, 8))
+    kernels.row_sums(np.ascontiguousarray(a), np.ascontiguousarray(b), ma, mb, sums, s.ea, s.eb, s.t)
+    sa, sb, sax, say, sbx, sby, sabs, smlogm = sums.T
+    return sa, sb, sax / sa, sby / sb, (sax - say) / sa, (sbx - sby) / sb, sabs / sa, smlogm
+
+
+def _tile_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray, k: int, s: _Scratch, kernels) -> dict:
     n, v = a.shape
     r = np.arange(n)
     out = {}
     ia, ib = np.argmax(a, axis=1), np.argmax(b, axis=1)
-    x, y, ea, eb, t = (s.view(nm, n, v) for nm in ("x", "y", "ea", "eb", "t"))
+    ma, mb = a[r, ia].astype(np.float64), b[r, ib].astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        np.subtract(a, a[r, ia][:, None], out=x, dtype=np.float64)
-        np.subtract(b, b[r, ib][:, None], out=y, dtype=np.float64)
-        np.exp(x, out=ea)
-        np.exp(y, out=eb)
-        sa, sb = ea.sum(axis=1), eb.sum(axis=1)
+        if kernels is not None:
+            sa, sb, px, qy, pd, qd, p_abs, mlogm = _divergences_compiled(a, b, ma, mb, kernels, s)
+        else:
+            sa, sb, px, qy, pd, qd, p_abs, mlogm = _divergences_numpy(a, b, ma, mb, s)
         lsa, lsb = np.log(sa), np.log(sb)
         c = lsa - lsb
-        has = labels >= 0
-        lab = np.where(has, labels, 0)
-        out["nll_ref"] = np.where(has, lsa - x[r, lab], np.nan)
-        out["nll_cand"] = np.where(has, lsb - y[r, lab], np.nan)
-        out["delta_p"] = np.where(has, eb[r, lab] / sb - ea[r, lab] / sa, np.nan)
-        ea *= (1.0 / sa)[:, None]  # p
-        eb *= (1.0 / sb)[:, None]  # q
-        plogp = _rowdot(ea, x) - lsa
-        qlogq = _rowdot(eb, y) - lsb
-        np.subtract(x, y, out=t)  # d
-        pd, qd = _rowdot(ea, t), _rowdot(eb, t)
         out["kl"] = pd - c
         out["kl_reverse"] = c - qd
-        t -= c[:, None]
-        np.abs(t, out=t)
-        out["kl_abs_variant"] = _rowdot(ea, t)
-        np.add(ea, eb, out=t)  # m' = p + q = 2m
-        np.log(t, out=x)
-        mlogm = _rowdot(t, x)
-        out["js"] = 0.5 * (plogp + qlogq) - 0.5 * mlogm + _LN2
+        out["kl_abs_variant"] = p_abs
+        out["js"] = 0.5 * (px - lsa + qy - lsb) - 0.5 * mlogm + _LN2
+        has = labels >= 0
+        lab = np.where(has, labels, 0)
+        xl = a[r, lab].astype(np.float64) - ma  # the shifted logits of the labels
+        yl = b[r, lab].astype(np.float64) - mb
+        out["nll_ref"] = np.where(has, lsa - xl, np.nan)
+        out["nll_cand"] = np.where(has, lsb - yl, np.nan)
+        out["delta_p"] = np.where(has, np.exp(yl) / sb - np.exp(xl) / sa, np.nan)
     bad = ~(np.isfinite(out["kl"]) & np.isfinite(out["js"]) & np.isfinite(out["kl_abs_variant"]))
     if bad.any():  # -inf logits (masked vocabulary), NaN or Inf: redo those rows with explicit conventions
         for i in np.flatnonzero(bad):
@@ -117,10 +153,25 @@ def _tile_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray, k: int, s: _
             for name, val in row.items():
                 out[name][i] = val
     out["top1_agree"] = (ia == ib).astype(np.float64)
-    ta, tb = topk_indices(a, k), topk_indices(b, k)
+    fa = topk_indices(a, max(k, FMS_TOPK))
+    ta, tb = _top_of(a, fa, min(k, v)), topk_indices(b, k)
     out["topk_overlap"] = _overlap(ta, tb) / min(k, v)
-    out.update(_fms(a, b, topk_indices(a, FMS_TOPK) if FMS_TOPK != k else ta))
+    out.update(_fms(a, b, _top_of(a, fa, min(FMS_TOPK, v))))
     return out
+
+
+_COMPILED_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _probe(kernels) -> None:
+    for dtype in _COMPILED_TYPES:
+        x = np.zeros((1, 3), dtype=dtype)
+        kernels.row_sums(x, x, np.zeros(1), np.zeros(1), np.empty((1, 8)), np.empty(3), np.empty(3), np.empty(3))
+
+
+def _kernels():
+    """``analyze.logit_kernels``, or None without numba (then numpy does the work); imported once."""
+    return load("analyze.logit_kernels", _probe)
 
 
 def _overlap(ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
@@ -198,17 +249,19 @@ def token_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = None
         raise ValueError(f"a label is outside the vocabulary of {v}")
     if n == 0 or v == 0:
         return {m: np.empty(0) for m in LOGIT_METRICS}
-    rows = max(1, _TILE_ELEMENTS // v)
+    kernels = _kernels() if a.dtype in _COMPILED_TYPES and b.dtype in _COMPILED_TYPES else None
+    # the compiled path needs scratch for one row only, so its tiles can be larger (fewer numpy calls per row)
+    rows = max(1, (_TILE_ELEMENTS_COMPILED if kernels is not None else _TILE_ELEMENTS) // v)
     starts = list(range(0, n, rows))
     workers = max(1, min(threads or min(os.cpu_count() or 1, 4), len(starts)))
-    elements = rows * v
+    elements = v if kernels is not None else rows * v
     results: list[dict] = [None] * len(starts)  # type: ignore[list-item]
 
     def run(worker: int) -> None:
         scratch = _Scratch(elements)
         for j in range(worker, len(starts), workers):
             s = starts[j]
-            results[j] = _tile_metrics(a[s:s + rows], b[s:s + rows], labels[s:s + rows], k, scratch)
+            results[j] = _tile_metrics(a[s:s + rows], b[s:s + rows], labels[s:s + rows], k, scratch, kernels)
 
     if workers == 1:
         run(0)

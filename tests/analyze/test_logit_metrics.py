@@ -1,4 +1,5 @@
-"""Logit metrics (METRICS.md section 2) against reference_impl.logit_reference, row by row."""
+"""Logit metrics (METRICS.md section 2) against reference_impl.logit_reference, row by row; every test runs with
+the compiled sums (analyze/logit_kernels.py, numba) and with numpy alone."""
 from __future__ import annotations
 
 import math
@@ -6,10 +7,22 @@ import math
 import numpy as np
 import pytest
 
+import analyze.logit_metrics
 from analyze.logit_metrics import LOGIT_METRICS, nll_only, token_metrics, topk_indices
 from protocol import bfloat16_bits, decode
 
 from .reference_impl import logit_reference
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """The divergence sums by the compiled kernels (when numba is installed), or by numpy alone."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        assert analyze.logit_metrics._kernels() is not None
+    else:
+        monkeypatch.setattr(analyze.logit_metrics, "_kernels", lambda: None)
+    return request.param
 
 
 @pytest.mark.parametrize("vocab", [50, 1000, 4000])
@@ -99,3 +112,38 @@ def test_empty_and_bad_shapes():
     assert token_metrics(np.zeros((0, 5)), np.zeros((0, 5)))["kl"].size == 0
     with pytest.raises(ValueError):
         token_metrics(np.zeros((2, 5)), np.zeros((2, 6)))
+
+
+@pytest.mark.parametrize("case", ["mixed_dtypes", "strided", "float64"])
+def test_dtype_and_layout_variants(case):
+    rng = np.random.default_rng(11)
+    a = (3 * rng.standard_normal((6, 700))).astype(np.float32)
+    b = (a + 0.2 * rng.standard_normal(a.shape)).astype(np.float32)
+    if case == "mixed_dtypes":
+        b = b.astype(np.float64)
+    elif case == "strided":
+        a, b = np.repeat(a, 2, axis=1)[:, ::2], np.asfortranarray(b)  # a strided view and a column-major copy
+    else:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+    got = token_metrics(a, b, np.arange(6))
+    for i in range(6):
+        want = logit_reference(a[i], b[i], i)
+        for name in ("kl", "kl_reverse", "js", "kl_abs_variant", "nll_ref", "delta_p"):
+            assert got[name][i] == pytest.approx(want[name], rel=1e-9, abs=1e-13), (name, i)
+
+
+def test_llama3_vocabulary_rows():
+    """Rows as long as Llama-3's vocabulary (128,256), with logits far below the top and a close candidate."""
+    rng = np.random.default_rng(12)
+    v = 128256
+    a = (4 * rng.standard_normal((3, v))).astype(np.float32)
+    a[1, :1000] -= 600.0  # probabilities near 1e-262
+    a[2, :1000] -= 900.0  # probabilities that underflow float64 to 0
+    b = (a + 0.01 * rng.standard_normal(a.shape)).astype(np.float32)
+    labels = np.array([5, 7, 2000])
+    got = token_metrics(a, b, labels)
+    for i in range(3):
+        keep = slice(1000, None) if i == 2 else slice(None)  # the reference's log(0) is left out: they add 0
+        want = logit_reference(a[i, keep], b[i, keep], labels[i] - (1000 if i == 2 else 0))
+        for name in ("kl", "kl_reverse", "js", "kl_abs_variant", "nll_ref", "nll_cand", "delta_p"):
+            assert got[name][i] == pytest.approx(want[name], rel=1e-8, abs=1e-13), (name, i)
