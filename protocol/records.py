@@ -71,10 +71,10 @@ class RecordInfo:
     def to_row(self) -> tuple:
         s = self.stats
         return (self.key.sample, self.key.step, self.key.site, self.key.call, self.seq, self.module_type,
-                self.dtype, json.dumps(list(self.shape)), json.dumps(list(self.orig_shape)), self.storage,
-                json.dumps(self.reduction, sort_keys=True), self.data, self.aux,
+                self.dtype, _json_shape(self.shape), _json_shape(self.orig_shape), self.storage,
+                _json_dict(self.reduction), self.data, self.aux,
                 s.numel, s.min, s.max, s.mean, s.std, s.abs_max, s.l2, s.nan_count, s.inf_count,
-                json.dumps(self.meta, sort_keys=True))
+                _json_dict(self.meta))
 
     @classmethod
     def from_row(cls, row) -> "RecordInfo":
@@ -91,3 +91,17 @@ class RecordInfo:
             shape=tuple(json.loads(s("shape"))), orig_shape=tuple(json.loads(s("orig_shape"))),
             storage=s("storage"), reduction=json.loads(s("reduction")), data=s("data"), aux=s("aux"),
             stats=stats, meta=json.loads(s("meta")))
+
+
+# A capture writes one index row per record (thousands per forward), so the row's JSON columns take a shortcut for
+# their common values; the text is exactly json.dumps's (a test compares them).
+
+def _json_shape(shape) -> str:
+    """``json.dumps(list(shape))`` of a shape of integers."""
+    return "[" + ", ".join([str(int(d)) for d in shape]) + "]"
+
+
+def _json_dict(d: dict) -> str:
+    """``json.dumps(d, sort_keys=True)``, with the empty dict (most records) for free."""
+    return json.dumps(d, sort_keys=True) if d else "{}"
+

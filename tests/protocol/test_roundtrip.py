@@ -180,3 +180,21 @@ def test_hostile_auxiliary_arrays_are_refused_not_allocated(tmp_path):
             d.array("generated_tokens.s0")
         with pytest.raises(CorruptDumpError, match="auxiliary array of record s0/t0/:out.logits#0 does not match"):
             d.read_aux(d.records()[0])
+
+
+_JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+                            | st.floats(allow_nan=False), lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=1 << 40), max_size=6),
+       st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=4))
+def test_index_json_shortcuts_write_what_json_dumps_writes(shape, meta):
+    """The index's JSON columns take a shortcut (protocol/records.py); the text must stay json.dumps's, byte for
+    byte, or the golden files and older readers would see another format."""
+    import json
+
+    from protocol.records import _json_dict, _json_shape
+    assert _json_shape(tuple(shape)) == json.dumps(shape)
+    assert _json_shape(np.array(shape, dtype=np.int64)) == json.dumps(shape)
+    assert _json_dict(meta) == json.dumps(meta, sort_keys=True)
