@@ -127,6 +127,28 @@ def _second_sums(a, b, ma, mb, c, ea, t):
     return s0, s1
 
 
+@jit(fastmath={"reassoc", "contract", "nsz"})
+def _total(x):
+    s = 0.0
+    for i in range(x.size):
+        s += x[i]
+    return s
+
+
+@jit()
+def exp_sums(a, ma, out, ea):
+    """``out[r] = sum exp(a[r] - ma[r])`` for each row of an ``(n, V)`` array (perplexity's log-sum-exp); ``ea`` is
+    float64 scratch of at least V elements."""
+    n, v = a.shape
+    for r in range(n):
+        total = 0.0
+        for s in range(0, v, _CHUNK):
+            e = min(s + _CHUNK, v)
+            _exp_shifted(a[r, s:e], ma[r], ea[s:e])
+            total += _total(ea[s:e])
+        out[r] = total
+
+
 @jit()
 def row_sums(a, b, ma, mb, out, ea, eb, t):
     """The sums of every row of two ``(n, V)`` logit arrays into ``out`` ``(n, 8)``.

@@ -167,6 +167,7 @@ def _probe(kernels) -> None:
     for dtype in _COMPILED_TYPES:
         x = np.zeros((1, 3), dtype=dtype)
         kernels.row_sums(x, x, np.zeros(1), np.zeros(1), np.empty((1, 8)), np.empty(3), np.empty(3), np.empty(3))
+        kernels.exp_sums(x, np.zeros(1), np.empty(1), np.empty(3))
 
 
 def _kernels():
@@ -278,19 +279,25 @@ def nll_only(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     n, v = logits.shape
     out = np.full(n, np.nan)
+    kernels = _kernels() if logits.dtype in _COMPILED_TYPES else None
     rows = max(1, _TILE_ELEMENTS // max(v, 1))
-    buf = np.empty(rows * v)
+    buf = np.empty(v if kernels is not None else rows * v)
     for s in range(0, n, rows):
         blk = logits[s:s + rows]
         m = blk.shape[0]
-        x = buf[:m * v].reshape(m, v)
-        mx = blk.max(axis=1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.subtract(blk, mx[:, None], out=x, dtype=np.float64)
-            np.exp(x, out=x)
-            lse = np.log(x.sum(axis=1)) + mx.astype(np.float64)
-        lab = labels[s:s + m]
-        has = lab >= 0
-        picked = blk[np.arange(m), np.where(has, lab, 0)].astype(np.float64)
-        out[s:s + m] = np.where(has, lse - picked, np.nan)
+        mx = blk.max(axis=1).astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            if kernels is not None:
+                sums = np.empty(m)
+                kernels.exp_sums(np.ascontiguousarray(blk), mx, sums, buf)
+            else:
+                x = buf[:m * v].reshape(m, v)
+                np.subtract(blk, mx[:, None], out=x, dtype=np.float64)
+                np.exp(x, out=x)
+                sums = x.sum(axis=1)
+            lse = np.log(sums) + mx
+            lab = labels[s:s + m]
+            has = lab >= 0
+            picked = blk[np.arange(m), np.where(has, lab, 0)].astype(np.float64)
+            out[s:s + m] = np.where(has, lse - picked, np.nan)
     return out

@@ -97,15 +97,28 @@ def test_topk_prefilter_equals_full_sort(vocab, k):
     assert (got == want).all()
 
 
-def test_nll_only_matches_reference():
+@pytest.mark.parametrize("vocab", [90, 128256])
+def test_nll_only_matches_reference(vocab):
     rng = np.random.default_rng(3)
-    a = rng.standard_normal((7, 90)).astype(np.float32)
-    labels = rng.integers(0, 90, 7)
+    a = (4 * rng.standard_normal((7, vocab))).astype(np.float32)
+    labels = rng.integers(0, vocab, 7)
     labels[0] = -1
     got = nll_only(a, labels)
     assert math.isnan(got[0])
     for i in range(1, 7):
         assert got[i] == pytest.approx(logit_reference(a[i], a[i], labels[i])["nll_ref"], rel=1e-12)
+
+
+def test_nll_only_non_finite_rows():
+    a = np.random.default_rng(4).standard_normal((4, 300))
+    a[0, 3] = np.nan
+    a[1, 4] = np.inf
+    a[2, :] = -np.inf
+    a[3, 7] = -np.inf  # a masked token: allowed, adds nothing
+    got = nll_only(a, np.array([1, 1, 1, 1]))
+    assert np.isnan(got[:3]).all()
+    keep = np.isfinite(a[3])
+    assert got[3] == pytest.approx(logit_reference(a[3][keep], a[3][keep], 1)["nll_ref"], rel=1e-12)
 
 
 def test_empty_and_bad_shapes():
