@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -100,13 +101,15 @@ def _block_moments(flat: np.ndarray) -> list[tuple]:
     out = []
     for start in range(0, flat.size, _BLOCK):
         block = flat[start:start + _BLOCK]
+        if compiled is not None:
+            moments = _compiled_moments(compiled, block)
+            if moments is not None:
+                out.append(moments)
+                continue  # else the block holds NaN or Inf: numpy counts them below
         # min/max in the native dtype are exact and read half the bytes (or less) of the float64 copy; 64-bit ints
         # are widened first (rounding beyond 2**53 is monotonic, so the result is the same either way)
         if native_minmax:
             bmin, bmax = float(block.min()), float(block.max())
-        if compiled is not None and math.isfinite(bmin) and math.isfinite(bmax):
-            out.append((block.size, *_compiled_moments(compiled, block, bmin, bmax), bmin, bmax, 0, 0))
-            continue
         if buf is None:
             buf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
         x = buf[:block.size]
@@ -144,19 +147,29 @@ def _moments(x: np.ndarray, bmin: float, bmax: float) -> tuple[float, float]:
     return mean, dot(x, x)
 
 
-def _compiled_moments(kernels, block: np.ndarray, bmin: float, bmax: float) -> tuple[float, float]:
-    """``_moments`` by the compiled kernels, straight from a finite float32/float64 block (no float64 copy)."""
+# per compiled dtype: the kernel, the int view of its bits, and the map from an order key back to the float
+_KEYS = {np.dtype(np.float32): ("sums_minmax32", np.int32, "=i", "=f", 31, 0x7FFFFFFF),
+         np.dtype(np.float64): ("sums_minmax64", np.int64, "=q", "=d", 63, 0x7FFFFFFFFFFFFFFF)}
+
+
+def _compiled_moments(kernels, block: np.ndarray) -> tuple | None:
+    """``(n, mean, m2, min, max, 0, 0)`` of a float32/float64 block by the compiled kernels in one pass (no float64
+    copy), or None when the block holds NaN or Inf."""
+    kernel, itype, ifmt, ffmt, shift, mask = _KEYS[block.dtype]
+    s1, s2, kmin, kmax = getattr(kernels, kernel)(block, block.view(itype))
+    bmin, bmax = (struct.unpack(ffmt, struct.pack(ifmt, k ^ ((k >> shift) & mask)))[0] for k in (int(kmin), int(kmax)))
+    if not (math.isfinite(bmin) and math.isfinite(bmax)):  # the keys of -inf/+inf and NaN lie beyond every finite
+        return None
+    n = block.size
     if bmin == bmax:
-        return bmin, 0.0
-    sums, centred = kernels
-    s1, s2 = sums(block)
-    mean = s1 / block.size
+        return n, bmin, 0.0, bmin, bmax, 0, 0
+    mean = s1 / n
     m2 = s2 - s1 * mean
     # the one-pass form loses log10(s2/m2) digits of sums accurate to ~1e-14 (chunked, reassociated): past two
     # digits (|mean| > 10 std), the centred pass, cheap here
-    if m2 > 1e-2 * s2:
-        return mean, m2
-    return mean, float(centred(block, mean))
+    if m2 <= 1e-2 * s2:
+        m2 = float(kernels.centred(block, mean))
+    return n, mean, m2, bmin, bmax, 0, 0
 
 
 _COMPILED_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -166,14 +179,13 @@ _COMPILED_MIN = 1 << 16  # elements: smaller arrays never import numba (CLI tool
 def _probe(kernels) -> None:
     for dtype in _COMPILED_TYPES:
         x = np.arange(3, dtype=dtype)
-        kernels.sums(x)
+        _compiled_moments(kernels, x)
         kernels.centred(x, 1.0)
 
 
 def _kernels():
-    """The compiled ``(sums, centred)``, or None without numba (then numpy does the work); imported once."""
-    kernels = load("protocol.stats_kernels", _probe)
-    return None if kernels is None else (kernels.sums, kernels.centred)
+    """``protocol.stats_kernels``, or None without numba (then numpy does the work); imported once."""
+    return load("protocol.stats_kernels", _probe)
 
 
 def compute_stats(values: np.ndarray) -> TensorStats:

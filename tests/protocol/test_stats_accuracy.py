@@ -83,6 +83,43 @@ def test_compiled_and_numpy_statistics_agree(monkeypatch):
             assert getattr(compiled, f) == pytest.approx(getattr(plain, f), rel=1e-13), f
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["negative_only", "signed_zeros", "neg_nan", "pos_nan", "pos_inf", "neg_inf",
+                                  "extremes", "subnormals", "strided"])
+def test_one_pass_min_max_keys_on_edge_values(dtype, case, kernel):
+    """The compiled pass takes min and max as integer order keys of the bits (stats_kernels.sums_minmax32/64): every
+    value class must sort as the floats do, and NaN/Inf must send the block to the counting path."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(2 * _BLOCK + 5).astype(dtype)
+    info = np.finfo(dtype)
+    nan_bits = {np.float32: (np.uint32(0xFFC00001), np.uint32), np.float64: (np.uint64(0xFFF8000000000001),
+                                                                             np.uint64)}[dtype]
+    if case == "negative_only":
+        x = -np.abs(x) - 1
+    elif case == "signed_zeros":
+        x[:] = 0.0
+        x[::3] = -0.0
+    elif case == "neg_nan":  # a NaN with the sign bit set (its key is below -inf's)
+        x[_BLOCK + 7] = np.array([nan_bits[0]], dtype=nan_bits[1]).view(dtype)[0]
+    elif case == "pos_nan":
+        x[11] = np.nan
+    elif case == "pos_inf":
+        x[_BLOCK + 1] = np.inf
+    elif case == "neg_inf":
+        x[3] = -np.inf
+    elif case == "extremes":
+        x[5], x[6] = info.max, -info.max
+    elif case == "subnormals":
+        x = x * info.smallest_subnormal * 4
+    if case == "strided":
+        x = np.repeat(x, 2)[::2]
+    got, finite = compute_stats(x), x[np.isfinite(x)]
+    assert (got.min, got.max) == (float(finite.min()), float(finite.max()))
+    assert got.nan_count == int(np.isnan(x).sum()) and got.inf_count == int(np.isinf(x).sum())
+    if case != "extremes":  # float64's extremes overflow any sum of squares
+        assert got.mean == pytest.approx(_reference(x)["mean"], rel=1e-12, abs=1e-300)
+
+
 def test_small_arrays_and_import_protocol_do_not_load_numba():
     code = ("import sys, json, numpy as np, protocol\n"
             "protocol.compute_stats(np.ones(1000, np.float32))\n"
