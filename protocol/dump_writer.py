@@ -165,7 +165,7 @@ class DumpWriter:
             aux_arr = np.asarray(aux)
             self._write_dataset(aux_name, aux_arr, dtypes.logical_of(aux_arr))
         return self._append(RecordInfo(
-            key=key, seq=0, module_type=module_type, dtype=logical, shape=tuple(stored.shape),
+            key=key, seq=self._seq, module_type=module_type, dtype=logical, shape=tuple(stored.shape),
             orig_shape=tuple(orig_shape) if orig_shape is not None else tuple(stored.shape), storage=storage,
             reduction=reduction or {}, data=name, aux=aux_name, stats=stats, meta=meta or {}))
 
@@ -174,7 +174,7 @@ class DumpWriter:
         """Append a statistics-only record (no tensor data)."""
         dtypes.storage_dtype(dtype)  # validates the name
         return self._append(RecordInfo(
-            key=key, seq=0, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
+            key=key, seq=self._seq, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
             storage="stats", data="", stats=stats, meta=meta or {}))
 
     @contextlib.contextmanager
@@ -200,7 +200,7 @@ class DumpWriter:
                 del self._file[name]
             raise
         self._append(RecordInfo(
-            key=key, seq=0, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
+            key=key, seq=self._seq, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
             storage="full", data=name, stats=rs.acc.result(), meta=meta or {}))
 
     def add_array(self, name: str, array: np.ndarray) -> None:
@@ -287,7 +287,7 @@ class DumpWriter:
         if info.key in self._keys:
             raise ValueError(f"duplicate record key {info.key}")
         self._keys.add(info.key)
-        info = RecordInfo(**{**info.__dict__, "seq": self._seq})
+        assert info.seq == self._seq, "records are built with the writer's next seq"
         self._seq += 1
         self._rows.append(info.to_row())
         if len(self._rows) >= _INDEX_FLUSH_ROWS:
