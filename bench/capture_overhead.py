@@ -7,7 +7,10 @@ A random Llama big enough to matter on CPU (default hidden 512, 8 layers, sequen
   with ``share_unchanged`` (one tensor reaching several sites is summarised once; opt-in, see torch_hooks);
 - full: full-tensor capture of every module to a dump (P2: (time - bare) / raw write of the same bytes, target
   <= 1.4), where the raw write is plain h5py writing the very arrays of that dump (chunked as the writer chunks
-  them, fsync at close; bench.protocol_io.raw_write).
+  them, fsync at close; bench.protocol_io.raw_write);
+- the floors: hooks on every module that only compute each tensor's statistics (``P1_floor_stats_only_hooks``, no
+  file), or only write each tensor with plain h5py (``P2_floor_plain_h5py_hooks``: no statistics, index or
+  manifest); what any capture that hooks every module pays on this machine.
 
 Then the same on a model as wide as Llama-3.2-1B (hidden 2048; intermediate 5632, 2 layers), figures tagged
 ``_h2048`` (``--wide 0`` or BENCH_CAPTURE_WIDE=0 skips it).
@@ -28,15 +31,17 @@ import shutil
 import tempfile
 import time
 
+import h5py
 import numpy as np
 import torch
 
 from bench import record
-from bench.protocol_io import raw_write
+from bench.protocol_io import _fsync, raw_write
 from capture.policy import RecordPolicy
 from capture.sink import RecordSink
 from capture.torch_hooks import torch_capture
-from protocol import DumpWriter, Manifest, open_dump
+from protocol import DumpWriter, Manifest, compute_stats, open_dump
+from protocol.dump_writer import chunk_shape
 
 BENCH = "capture_overhead"
 
@@ -67,6 +72,55 @@ def _captured(model, feed, path: str, default: str, share: bool = False) -> tupl
         cap.at(0)
         model(**feed)
     return time.perf_counter() - t0, sink.records, sink.written_bytes
+
+
+def _tensors(obj):
+    """Every tensor in a hook's args/kwargs/output (tuples, lists, dicts and ModelOutput, which is a dict)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _floor(model, feed, path: str | None) -> tuple[float, int]:
+    """The hand-written floor: forward pre/post hooks on every module that do nothing but, with ``path``, write each
+    input and output tensor with plain h5py (as the raw baseline chunks them; no statistics, no index, no manifest;
+    fsync at close), or without ``path`` compute each tensor's statistics (protocol.compute_stats, no file).
+    Returns (seconds, tensors)."""
+    count = 0
+    f = h5py.File(path, "w") if path else None
+
+    def put(obj) -> None:
+        nonlocal count
+        for t in _tensors(obj):
+            a = t.detach().numpy()
+            if f is None:
+                compute_stats(a)
+            else:
+                big = a.nbytes > (4 << 20)
+                f.create_dataset(f"r{count:08d}", data=a, chunks=chunk_shape(a.shape, a.itemsize) if big else None)
+            count += 1
+
+    handles = []
+    t0 = time.perf_counter()
+    try:
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(lambda m, args, kwargs: put((args, kwargs)), with_kwargs=True))
+            handles.append(m.register_forward_hook(lambda m, args, kwargs, out: put(out), with_kwargs=True))
+        with torch.no_grad():
+            model(**feed)
+    finally:
+        for h in handles:
+            h.remove()
+        if f is not None:
+            f.close()
+    if path:
+        _fsync(path)
+    return time.perf_counter() - t0, count
 
 
 def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, repeat: int = 3,
@@ -103,17 +157,20 @@ def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, r
         # interleaved rounds (bare, stats, full, raw write): load changes on a shared machine, and the disk's
         # writeback of the previous files, hit every variant alike
         bares, stats_runs, shared_runs, full_runs, raws, kept = [], [], [], [], [], ""
+        stats_floors, write_floors = [], []
         for _ in range(repeat):
             bares.append(_bare(model, feed))
             stats_runs.append(_captured(model, feed, fresh("stats"), "stats"))
             shared_runs.append(_captured(model, feed, fresh("stats"), "stats", share=True))
+            stats_floors.append(_floor(model, feed, None))
             if kept:
                 os.unlink(kept)
             kept = fresh("full")
             full_runs.append(_captured(model, feed, kept, "full"))
             raws.append(one_raw())
+            write_floors.append(_floor(model, feed, fresh("floor")))
             for name in os.listdir(work):
-                if name.startswith("stats"):
+                if name.startswith(("stats", "floor")):
                     os.unlink(os.path.join(work, name))
         del arrays
         bare = min(bares)
@@ -134,6 +191,12 @@ def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, r
             record(BENCH, "raw_h5py_write" + tag, raw, "s", extra={**size, "gb_per_s": nbytes / raw / 1e9}),
             record(BENCH, "P2_full_minus_bare_vs_raw" + tag, full - bare, "s", baseline=raw,
                    ratio=(full - bare) / raw, target="<=1.4", extra=size),
+            # the floors: what hooks that do only the statistics, or only a plain h5py write, cost in the same rounds
+            record(BENCH, "P1_floor_stats_only_hooks" + tag, min(r[0] for r in stats_floors), "s", baseline=bare,
+                   ratio=min(r[0] for r in stats_floors) / bare, extra={**size, "tensors": stats_floors[-1][1]}),
+            record(BENCH, "P2_floor_plain_h5py_hooks" + tag, min(r[0] for r in write_floors) - bare, "s",
+                   baseline=raw, ratio=(min(r[0] for r in write_floors) - bare) / raw,
+                   extra={**size, "tensors": write_floors[-1][1]}),
         ]
         return docs
     finally:
