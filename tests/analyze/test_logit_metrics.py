@@ -10,6 +10,7 @@ import pytest
 import analyze.logit_metrics
 from analyze.logit_metrics import LOGIT_METRICS, nll_only, token_metrics, topk_indices
 from protocol import bfloat16_bits, decode
+from tests.protocol.support import kernel_path
 
 from .reference_impl import logit_reference
 
@@ -17,12 +18,7 @@ from .reference_impl import logit_reference
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def kernel(request, monkeypatch):
     """The divergence sums by the compiled kernels (when numba is installed), or by numpy alone."""
-    if request.param == "compiled":
-        pytest.importorskip("numba")
-        assert analyze.logit_metrics._kernels() is not None
-    else:
-        monkeypatch.setattr(analyze.logit_metrics, "_kernels", lambda: None)
-    return request.param
+    return kernel_path(request.param, monkeypatch, analyze.logit_metrics)
 
 
 @pytest.mark.parametrize("vocab", [50, 1000, 4000])

@@ -6,6 +6,7 @@ import math
 import os
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,6 +24,17 @@ def load_script(*parts: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+def kernel_path(path: str, monkeypatch, module) -> str:
+    """Make ``module`` (one with a ``_kernels()`` loader: protocol.stats, analyze.logit_metrics) use its compiled
+    kernels (``path == "compiled"``; the test is skipped without numba) or its numpy path (``"numpy"``)."""
+    if path == "compiled":
+        pytest.importorskip("numba")
+        assert module._kernels() is not None
+    else:
+        monkeypatch.setattr(module, "_kernels", lambda: None)
+    return path
+
 
 #: Bounded examples, no deadline (file I/O timing varies on a shared machine), no example database in the tree.
 PROPERTY = settings(max_examples=40, deadline=None, database=None,

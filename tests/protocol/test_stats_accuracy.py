@@ -14,17 +14,13 @@ import pytest
 import protocol.stats
 from protocol import compute_stats, dot, row_dots
 from protocol.stats import _BLOCK
+from tests.protocol.support import kernel_path
 
 
 @pytest.fixture(params=["compiled", "numpy"])
 def kernel(request, monkeypatch):
     """Statistics by the compiled kernels (when numba is installed), or by numpy alone."""
-    if request.param == "compiled":
-        pytest.importorskip("numba")
-        assert protocol.stats._kernels() is not None
-    else:
-        monkeypatch.setattr(protocol.stats, "_kernels", lambda: None)
-    return request.param
+    return kernel_path(request.param, monkeypatch, protocol.stats)
 
 
 def _reference(x: np.ndarray) -> dict:
