@@ -121,7 +121,7 @@ def _divergences_compiled(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.n
     if a.dtype != b.dtype:  # one compiled variant per dtype: a mixed pair is widened, one tile at a time
         a, b = a.astype(np.float64), b.astype(np.float64)
     sums = np.empty((n, 8))
-    kernels.row_sums(np.ascontiguousarray(a), np.ascontiguousarray(b), ma, mb, sums, s.ea, s.eb, s.t)
+    kernels.row_sums(_probed_layout(a), _probed_layout(b), ma, mb, sums, s.ea, s.eb, s.t)
     sa, sb, sax, say, sbx, sby, sabs, smlogm = sums.T
     return sa, sb, sax / sa, sby / sb, (sax - say) / sa, (sbx - sby) / sb, sabs / sa, smlogm
 
@@ -165,6 +165,12 @@ def _tile_metrics(a: np.ndarray, b: np.ndarray, labels: np.ndarray, k: int, s: _
 
 
 _COMPILED_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _probed_layout(x: np.ndarray) -> np.ndarray:
+    """``x`` as the C-contiguous, writable array the kernels were probed with (a copy of one tile otherwise): numba
+    compiles anew, for seconds, for each other layout or a read-only array."""
+    return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
 
 
 def _probe(kernels) -> None:
@@ -293,7 +299,7 @@ def nll_only(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if kernels is not None:
                 sums = np.empty(m)
-                kernels.exp_sums(np.ascontiguousarray(blk), mx, sums, buf)
+                kernels.exp_sums(_probed_layout(blk), mx, sums, buf)
             else:
                 x = buf[:m * v].reshape(m, v)
                 np.subtract(blk, mx[:, None], out=x, dtype=np.float64)

@@ -289,7 +289,8 @@ class DumpWriter:
         if info.key in self._keys:
             raise ValueError(f"duplicate record key {info.key}")
         self._keys.add(info.key)
-        assert info.seq == self._seq, "records are built with the writer's next seq"
+        if info.seq != self._seq:
+            raise RuntimeError(f"record {info.key} was built with seq {info.seq}, not the writer's next ({self._seq})")
         self._seq += 1
         self._rows.append(info.to_row())
         if len(self._rows) >= _INDEX_FLUSH_ROWS:
@@ -336,7 +337,8 @@ class DumpWriter:
                 # contiguous: the low-level calls h5py's create_dataset makes (same type, properties and layout),
                 # without its ~100 us of Python per dataset (a capture creates thousands); every record is in /data
                 group, _, leaf = name.rpartition("/")
-                assert group == "data", name
+                if group != "data":
+                    raise ValueError(f"record datasets live in /data, not {name!r}")
                 dsid = h5py.h5d.create(self._data.id, leaf.encode(), self._type_id(storage),
                                        h5py.h5s.create_simple(shape), dcpl=self._contiguous_dcpl(direct))
                 ds = h5py.Dataset(dsid)

@@ -92,7 +92,10 @@ class StatsAccumulator:
 
 def _block_moments(flat: np.ndarray) -> list[tuple]:
     """``(n, mean, m2, min, max, nan, inf)`` of each block of ``flat``, over its finite elements."""
-    compiled = _kernels() if flat.dtype in _COMPILED_TYPES and flat.size >= _COMPILED_MIN else None
+    # the compiled kernels take the contiguous, writable arrays their probe compiled for (numba compiles anew for
+    # read-only or strided ones: seconds, in the middle of a capture); other arrays take the numpy path
+    compiled = (_kernels() if flat.dtype in _COMPILED_TYPES and flat.size >= _COMPILED_MIN
+                and flat.flags.c_contiguous and flat.flags.writeable else None)
     # one float64 scratch buffer per call, reused by every block: no allocation (and page faults) per block, and
     # the block stays in cache across the few passes below; made on first need (the compiled path has none)
     buf = None
@@ -160,6 +163,7 @@ def _compiled_moments(kernels, block: np.ndarray) -> tuple | None:
     bmin, bmax = (struct.unpack(ffmt, struct.pack(ifmt, k ^ ((k >> shift) & mask)))[0] for k in (int(kmin), int(kmax)))
     if not (math.isfinite(bmin) and math.isfinite(bmax)):  # the keys of -inf/+inf and NaN lie beyond every finite
         return None
+    # zeros: -0.0 sorts below +0.0 here, where numpy's min/max may return either sign (equal values either way)
     n = block.size
     if bmin == bmax:
         return n, bmin, 0.0, bmin, bmax, 0, 0

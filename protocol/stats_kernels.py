@@ -17,6 +17,9 @@ import numpy as np
 
 from .jit import jit
 
+#: every kernel: no GIL; numpy's error model (no ZeroDivisionError checks, which would stop vectorization)
+_KERNEL = {"nogil": True, "error_model": "numpy"}
+
 _CHUNK = 1024  # elements summed into a partial before it joins the total: the rounding error stays ~O(1000) ulps
 
 
@@ -24,7 +27,7 @@ def _sums_minmax(itype, shift: int, mask: int):
     """The one-pass kernel for floats whose bits are ``itype`` (int32 or int64); see ``sums_minmax32``."""
     sh, mk = itype(shift), itype(mask)  # compile-time constants of the bits' width: the loop stays in vector lanes
 
-    @jit(fastmath={"reassoc", "contract", "nsz"})
+    @jit(**_KERNEL, fastmath={"reassoc", "contract", "nsz"})
     def kernel(x, bits):
         n = x.size
         b = bits[0]
@@ -59,7 +62,7 @@ sums_minmax32 = _sums_minmax(np.int32, 31, 0x7FFFFFFF)
 sums_minmax64 = _sums_minmax(np.int64, 63, 0x7FFFFFFFFFFFFFFF)
 
 
-@jit(fastmath=True)
+@jit(**_KERNEL, fastmath=True)
 def centred(x, mean):
     """``sum (x - mean)**2`` in float64 of a 1-D float32 or float64 array of finite values, as sums of chunk sums."""
     n = x.size

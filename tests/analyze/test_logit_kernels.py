@@ -3,6 +3,7 @@ metrics feed them, including the edges (underflow, -inf, NaN, subnormal sums).""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,29 @@ def test_import_analyze_does_not_compile_kernels():
             "print(json.dumps('numba' in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) is False
+
+
+def test_read_only_and_strided_logits_compile_nothing_new():
+    """Logits in another layout are copied tile by tile to the probed one instead of compiling a new variant."""
+    import analyze.logit_metrics as lm
+
+    kernels = lm._kernels()
+    before = (len(kernels.row_sums.signatures), len(kernels.exp_sums.signatures))
+    a = np.random.default_rng(6).standard_normal((5, 3000)).astype(np.float32)
+    b = a + np.float32(0.1)
+    want = lm.token_metrics(a, b)["kl"]
+    ro_a, ro_b = a.copy(), b.copy()
+    ro_a.flags.writeable = ro_b.flags.writeable = False
+    for x, y in ((ro_a, ro_b), (np.asfortranarray(a), b), (np.repeat(a, 2, axis=1)[:, ::2], b)):
+        assert np.allclose(lm.token_metrics(x, y)["kl"], want, rtol=1e-12, atol=0)
+    lm.nll_only(ro_a, np.arange(5))
+    assert (len(kernels.row_sums.signatures), len(kernels.exp_sums.signatures)) == before
+
+
+def test_numba_with_its_jit_disabled_leaves_the_work_to_numpy():
+    """NUMBA_DISABLE_JIT=1 would run the kernels as Python (thousands of times slower): numpy does the work."""
+    code = ("import json, protocol.stats, analyze.logit_metrics as lm; "
+            "print(json.dumps([protocol.stats._kernels() is None, lm._kernels() is None]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert json.loads(out.stdout) == [True, True]

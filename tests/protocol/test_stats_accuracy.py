@@ -136,3 +136,20 @@ def test_row_dots_match_a_plain_sum(width):
     rng = np.random.default_rng(width)
     a, b = rng.standard_normal((3, width)), rng.standard_normal((3, width))
     np.testing.assert_allclose(row_dots(a, b), np.sum(a * b, axis=1), rtol=1e-12)
+
+
+def test_read_only_and_strided_arrays_compile_nothing_new():
+    """numba compiles anew (seconds, in the middle of a capture) for each array layout it has not seen: arrays
+    other than the probed contiguous, writable ones take the numpy path."""
+    pytest.importorskip("numba")
+    kernels = protocol.stats._kernels()
+    names = ("sums_minmax32", "sums_minmax64", "centred")
+    before = {n: len(getattr(kernels, n).signatures) for n in names}
+    x = np.random.default_rng(4).standard_normal(3 * _BLOCK).astype(np.float32)
+    ro = x.copy()
+    ro.flags.writeable = False
+    for arr in (ro, x[::2], x.astype(np.float64)[::3], np.frombuffer(x.tobytes(), np.float32)):
+        got, ref = compute_stats(arr), _reference(arr)
+        assert (got.min, got.max) == (ref["min"], ref["max"])
+        assert got.mean == pytest.approx(ref["mean"], rel=1e-12)
+    assert {n: len(getattr(kernels, n).signatures) for n in names} == before
