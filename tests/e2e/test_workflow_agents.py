@@ -81,6 +81,38 @@ def test_sigterm_abandons_the_capture_cleanly_and_a_restart_resumes_it(procs, sh
     assert claim.taken_over["stale_files"] == []
 
 
+def test_a_stop_whose_exception_is_lost_still_ends_the_capture_at_the_next_sample(shared_root, tmp_path,
+                                                                                  monkeypatch):
+    """The stop signal's AgentStopped is raised wherever the main thread happens to be; should the code there swallow
+    it, the agent's progress check ends the capture after the current sample (in process: the loss is staged by a
+    hook that calls the real signal handler and swallows what it raises)."""
+    import capture.agent as agent_module
+    from capture.agent import Agent, AgentSettings, AgentStopped
+    _slow_job(shared_root, tmp_path, "slow")  # 60 samples
+    agent = Agent(AgentSettings(root=shared_root, label="cpu", once=True, poll_interval=0.1, heartbeat_timeout=30))
+    forwards = []
+
+    def swallow_a_stop_in_the_third_forward(module, args):
+        forwards.append(1)
+        if len(forwards) == 3:
+            try:
+                agent.handle_signal(signal.SIGTERM, None)
+            except AgentStopped:
+                pass  # lost
+
+    def load_backend(*args, **kwargs):
+        backend = real_load_backend(*args, **kwargs)
+        backend.model.register_forward_pre_hook(swallow_a_stop_in_the_third_forward)
+        return backend
+    real_load_backend = agent_module.load_backend
+    monkeypatch.setattr(agent_module, "load_backend", load_backend)
+    assert agent.run() == 0
+    assert len(forwards) == 3  # not 60: the capture ended after the sample the stop came in
+    claim = claim_of(shared_root, "slow", "cpu")
+    assert claim.status == "failed" and claim.error == "abandoned"
+    assert os.listdir(os.path.join(shared_root, "dumps", "slow")) == []
+
+
 def _hand_written_job(root: str, run_id: str, model_path: str) -> None:
     sha = os.path.basename(glob.glob(os.path.join(root, "inputs", "*.h5"))[0])[:-3]
     doc = {"format": "tensorparity.job", "format_version": "1.0", "run_id": run_id, "created": "2026-01-01T00:00:00",
