@@ -103,8 +103,8 @@ class DumpWriter:
         self._arrays: set[str] = set()
         self._closed = False
         self._pool: ThreadPoolExecutor | None = None
-        self._raw_fd: int | None = None  # second descriptor of the partial file, for direct writes and writeback
-        self._writeback = _WRITEBACK  # False once the file system says it cannot start writes early
+        self._raw_fd: int | None = None  # second descriptor of the partial file, for direct data writes
+        self._writeback = _WRITEBACK  # False once the kernel has refused the advice for this file
         self._unstarted = 0  # bytes of record data written since the disk was last asked to write
         self._type_ids: dict = {}  # HDF5 types and creation properties, made once per writer
         self._dcpls: dict = {}
@@ -403,32 +403,27 @@ class DumpWriter:
         self._wrote(stored.nbytes)
 
     def _wrote(self, nbytes: int) -> None:
-        """Count record data just written; every _WRITEBACK_BYTES, ask the disk to start writing the file's dirty
-        pages (HDF5's and ours alike) while the capture goes on."""
+        """Count record data just written (before compression); every _WRITEBACK_BYTES, ask the disk to start
+        writing the file's dirty pages (HDF5's and ours alike) while the capture goes on. Advice only: once refused,
+        never asked again for this file."""
         self._unstarted += nbytes
         if self._unstarted < _WRITEBACK_BYTES or not self._writeback:
             return
         self._unstarted = 0
-        try:
-            self._writeback = start_writeback(self._data_fd())
-        except OSError as exc:
-            raise _write_error(exc, self.path) from None
-
-    def _data_fd(self) -> int:
-        """Our own write descriptor of the partial file (opened once; HDF5 keeps its own)."""
-        if self._raw_fd is None:
-            self._raw_fd = os.open(self.partial_path, os.O_WRONLY)
-        return self._raw_fd
+        # our descriptor when direct writes opened one, else HDF5's: no extra handle (an NFS/SMB open) for the advice
+        fd = self._raw_fd if self._raw_fd is not None else self._file.id.get_vfd_handle()
+        self._writeback = start_writeback(fd)
 
     def _pwrite(self, data: np.ndarray, offset: int) -> None:
         """Write a contiguous dataset's bytes at its file offset, outside HDF5. The bytes are the same (the dataset's
         type is the array's own dtype), but the system call releases the GIL, which h5py holds for a whole write:
         the statistics of the record are computed on the helper thread meanwhile. The final fsync covers them."""
         try:
-            fd = self._data_fd()
+            if self._raw_fd is None:
+                self._raw_fd = os.open(self.partial_path, os.O_WRONLY)
             view = memoryview(data.reshape(-1).view(np.uint8))
             while view.nbytes:
-                written = os.pwrite(fd, view, offset)
+                written = os.pwrite(self._raw_fd, view, offset)
                 view, offset = view[written:], offset + written
         except OSError as exc:
             raise _write_error(exc, self.path) from None
