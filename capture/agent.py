@@ -4,9 +4,9 @@ One agent runs one job at a time. For each job it claims (run, label) exclusivel
 takes over a stale claim (protocol.jobs.take_over), heartbeats from a thread while the capture runs, writes the dump
 under a name private to its attempt, publishes it as ``ROOT/dumps/<run>/<label>.h5`` (a hard link, which never
 replaces a file) only while it still owns the claim, and marks the claim done or failed with the error. It logs one
-line per job. A stop request (SIGTERM) abandons the running capture at once (at the latest after the current sample
-or decode step): its partial file is removed by the writer and the claim is marked failed with ``abandoned``, which
-any agent of the label (or this one, restarted) takes over.
+line per job. A stop request (SIGTERM) abandons the running capture at once: its partial file is removed by the
+writer and the claim is marked failed with ``abandoned``, which any agent of the label (or this one, restarted)
+takes over.
 
 Backends are imported lazily by name (``torch``, ``onnx``, ``genai``); a backend that is not installed or not built
 fails its job with a clear error instead of stopping the agent.
@@ -18,7 +18,6 @@ import inspect
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -54,16 +53,16 @@ class _StopCheck:
     """The progress object an agent gives its backend: backends call ``advance()`` after every sample and decode
     step, and once a stop signal has asked to abandon the capture, it raises AgentStopped there.
 
-    The signal handler raises AgentStopped at once, wherever the main thread is. Should that exception be lost (raised
-    inside code that swallows every exception, a finaliser for one), the capture still ends at its next sample or
-    step instead of running to its end."""
+    The signal handler raises AgentStopped at once, wherever the main thread is. Should that exception be lost
+    (raised inside code that swallows every exception, a finaliser for one) while the samples run, the capture still
+    ends after the current sample or decode step instead of running to its end."""
 
-    def __init__(self, abandon: threading.Event):
-        self._abandon = abandon
+    def __init__(self, agent: "Agent"):
+        self._agent = agent
 
     def advance(self, n: int = 1) -> None:
-        if self._abandon.is_set():
-            raise AgentStopped(signal.SIGTERM)
+        if self._agent._abandon_signal is not None:
+            raise AgentStopped(self._agent._abandon_signal)
 
     def update(self, description: str) -> None:
         pass
@@ -136,7 +135,7 @@ class Agent:
         self.processed = self.failed = 0
         self._stop = threading.Event()
         self._busy = False
-        self._abandon = threading.Event()  # a stop signal came while a capture ran
+        self._abandon_signal: int | None = None  # the stop signal that came while a capture ran
         self._refused: dict[str, float] = {}  # job path -> mtime already reported as invalid
 
     # -- control -------------------------------------------------------------------------------------------------
@@ -146,7 +145,7 @@ class Agent:
         self._stop.set()
         if self._busy:
             self._busy = False
-            self._abandon.set()
+            self._abandon_signal = signum
             raise AgentStopped(signum)
 
     def stop(self) -> None:
@@ -323,7 +322,7 @@ class Agent:
                                dtype=target.get("dtype", s.dtype),
                                attn_implementation=target.get("attn_implementation", s.attn_implementation),
                                provider=target.get("provider", s.provider))
-        return backend.capture(read_input_set(files["inputs"]), output, options, progress=_StopCheck(self._abandon))
+        return backend.capture(read_input_set(files["inputs"]), output, options, progress=_StopCheck(self))
 
 
 def load_backend(name: str, model: str, *, device: str, dtype: str, attn_implementation: str | None = None,

@@ -100,13 +100,19 @@ def test_a_stop_whose_exception_is_lost_still_ends_the_capture_at_the_next_sampl
             except AgentStopped:
                 pass  # lost
 
+    handles = []
+
     def load_backend(*args, **kwargs):
         backend = real_load_backend(*args, **kwargs)
-        backend.model.register_forward_pre_hook(swallow_a_stop_in_the_third_forward)
+        handles.append(backend.model.register_forward_pre_hook(swallow_a_stop_in_the_third_forward))
         return backend
     real_load_backend = agent_module.load_backend
     monkeypatch.setattr(agent_module, "load_backend", load_backend)
-    assert agent.run() == 0
+    try:
+        assert agent.run() == 0
+    finally:
+        for handle in handles:
+            handle.remove()
     assert len(forwards) == 3  # not 60: the capture ended after the sample the stop came in
     claim = claim_of(shared_root, "slow", "cpu")
     assert claim.status == "failed" and claim.error == "abandoned"
