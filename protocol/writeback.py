@@ -4,8 +4,8 @@ A dump's bytes go to the page cache. For a dump written within the kernel's 30 s
 threshold (a tenth of memory) the disk writes them only at the fsync that ends the capture, so the capture then
 waits for the whole dump. Asking every few MiB instead lets the disk work during the forward: on the benchmark
 model (310 MB of activations), closing the dump went from 0.11-0.15 to 0.006-0.007 s, and the capture's time over
-the bare forward fell by a fifth to a quarter (BENCHMARKS.md). A longer capture is written back by the kernel in any case; there this keeps the dirty
-pages few while the disk keeps up.
+the bare forward fell by a fifth to a quarter (BENCHMARKS.md). A longer capture is written back by the kernel in any
+case; there this keeps the dirty pages few while the disk keeps up.
 
 ``SYNC_FILE_RANGE_WRITE`` only starts the write: it does not wait for the write to finish (it may wait for room in
 the device's queue, and on a network file system the calling thread builds the requests), and it makes nothing
