@@ -4,20 +4,46 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean-venv chromium
+LOCK := requirements/test.txt
+
+.PHONY: test test-latest test-oldest demo bench venv lock clean-venv chromium
 
 venv: $(STAMP)
 
-# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build (see ENVIRONMENT.md).
-$(STAMP): setup.cfg pyproject.toml
+# The tested environment: every package at the exact version of the lock (the CPU build of torch included), then
+# the project itself without resolving again. `make lock` regenerates the lock from setup.cfg's ranges.
+$(STAMP): $(LOCK) setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[all,test]'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# Regenerate the lock: pip-tools' resolver over setup.cfg's ranges (extras all and test) and requirements/pins.in,
+# each package at the newest version that resolves. Run in a venv of its own, so the tested one holds only the lock.
+TOOLS_VENV := .venv-tools
+lock:
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip 'pip-tools>=7.4'
+	$(TOOLS_VENV)/bin/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+		--extra all --extra test -o $(LOCK) setup.cfg requirements/pins.in
+
+# For maintainers, not CI: the whole suite in a new venv with the newest release of every package that the ranges
+# admit (what a user who installs today gets). torch stays at the lock's CPU build: a newer torch here is a CUDA
+# build of several GB (LATEST_TORCH= to let it float too). `pip freeze` of the run is kept in the venv.
+LATEST_VENV := .venv-latest
+LATEST_TORCH ?= torch==2.13.0
+test-latest: chromium
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(if $(LATEST_TORCH),$(LATEST_VENV)/bin/python -m pip install --quiet '$(LATEST_TORCH)')
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[all,test]'
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/freeze.txt
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 # The HTML report is tested in a real headless browser: Debian's chromium (a downloaded browser does not run here).
 # Idempotent: installs only when no chromium is on the PATH (sudo when not root).
@@ -29,6 +55,17 @@ chromium:
 # The main job on a built-in tiny Llama, offline: reports go to a new folder under demo-out/.
 demo: $(STAMP)
 	$(VENV)/bin/parity demo --out demo-out
+
+# For maintainers, not CI: the whole suite with every direct dependency at the lower bound of its range in setup.cfg
+# (requirements/oldest.txt pins them; tests/test_packaging.py keeps the two equal), so the bounds are tested ones.
+OLDEST_VENV := .venv-oldest
+test-oldest: chromium
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -c requirements/oldest.txt -e '.[all,test]'
+	$(OLDEST_VENV)/bin/python -m pip freeze --exclude-editable > $(OLDEST_VENV)/freeze.txt
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 # Benchmarks (BENCHMARKS.md): the bench extra adds the peers' code (Polygraphy), matplotlib for the plots and the
 # profilers; installed here only, so `make test` does not need them.
