@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
-#: Names under which models pass key/value caches; skipped unless caches are asked for.
-CACHE_NAMES = frozenset({"past_key_values", "past_key_value", "layer_past", "cache_params", "present_key_values"})
+#: Names under which models pass key/value caches (``cache`` since transformers 5.24, the older names before it);
+#: skipped unless caches are asked for.
+CACHE_NAMES = frozenset({"cache", "past_key_values", "past_key_value", "layer_past", "cache_params",
+                         "present_key_values"})
 _MAX_DEPTH = 32  # a guard against self-referencing containers
 
 

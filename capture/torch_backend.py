@@ -62,6 +62,7 @@ class TorchBackend(CaptureBackend):
         self.model_path = model_path
         self.selection = selection or ModuleSelection()
         self._params = inspect.signature(model.forward).parameters
+        self._cache_arg = cache_argument(self._params)
 
     @classmethod
     def from_pretrained(cls, model_path_or_id: str, *, device: str = "cpu", dtype: str = "float32",
@@ -144,18 +145,21 @@ class TorchBackend(CaptureBackend):
         """Greedy decoding with the KV cache; returns (prefill output, fed tokens, own argmax tokens)."""
         if "input_ids" not in feed:
             raise CaptureError("generate modes need 'input_ids' in the input set")
+        if self._cache_arg is None:
+            raise CaptureError(f"{type(self.model).__name__}.forward takes no key/value cache argument "
+                               f"(none of {', '.join(CACHE_ARGUMENTS)})", hint="capture this model in forward mode")
         kwargs, cache, fed, argmax, first = dict(feed), None, [], [], None
         mask = feed.get("attention_mask")
         for step in range(steps):
             cap.at(sample, step)
-            out = self.model(**kwargs, past_key_values=cache, use_cache=True)
+            out = self.model(**kwargs, **{self._cache_arg: cache}, use_cache=True)
             first = out if step == 0 else first
             logits = out["logits"] if isinstance(out, dict) else out[0]
             own = logits[:, -1, :].argmax(dim=-1)
             argmax.append(own.to("cpu"))
             nxt = torch.as_tensor(forced[..., step], device=own.device).reshape(own.shape) if forced is not None else own
             fed.append(nxt.to("cpu"))
-            cache = out["past_key_values"] if isinstance(out, dict) else out[1]
+            cache = _returned_cache(out, self._cache_arg)
             kwargs = {"input_ids": nxt.reshape(-1, 1).to(torch.long)}
             if mask is not None:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -193,6 +197,27 @@ class TorchBackend(CaptureBackend):
             raise CaptureError(f"no array of the input set is an argument of {type(self.model).__name__}.forward "
                                f"(the sample has {sorted(sample.arrays)})", path)
         return feed
+
+
+#: The names under which a model's forward takes its key/value cache, newest first: transformers 5.24 renamed
+#: ``past_key_values`` (and Mamba's ``cache_params``) to ``cache`` and deprecated the old names.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "cache_params")
+
+
+def cache_argument(params) -> str | None:
+    """The name under which a forward with these parameters takes its cache (the newest it has), or None."""
+    return next((name for name in CACHE_ARGUMENTS if name in params), None)
+
+
+def _returned_cache(out, name: str):
+    """The cache a forward returned, read under the name it was passed by (never a deprecated alias: transformers'
+    ``ModelOutput`` maps old names to new ones with a warning)."""
+    if isinstance(out, dict):
+        if name not in out.keys():  # keys(), not ``in out``: ModelOutput.__contains__ translates (and warns)
+            raise CaptureError(f"the model returned no '{name}' although use_cache=True was passed",
+                               hint="capture this model in forward mode")
+        return out[name]
+    return out[1]
 
 
 def _advance(progress) -> None:

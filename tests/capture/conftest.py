@@ -72,12 +72,12 @@ def twice_model():
     return _Lazy.twice_model()
 
 
-def token_input_set(count: int = 2, seq: int = SEQ, seed: int = 0) -> InputSet:
-    """``count`` samples of random token ids (vocabulary 1000) with attention masks, shape [1, seq]."""
+def token_input_set(count: int = 2, seq: int = SEQ, seed: int = 0, vocab: int = 1000) -> InputSet:
+    """``count`` samples of random token ids (ids 4..vocab-1) with attention masks, shape [1, seq]."""
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(count):
-        ids = rng.integers(4, 1000, size=(1, seq), dtype=np.int64)
+        ids = rng.integers(4, vocab, size=(1, seq), dtype=np.int64)
         samples.append(InputSample({"input_ids": ids, "attention_mask": np.ones_like(ids)}))
     return InputSet(samples, {"dataset": "random-tokens", "seed": seed})
 

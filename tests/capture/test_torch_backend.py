@@ -198,3 +198,83 @@ def test_a_model_spread_over_devices_is_captured_where_it_is():
     assert backend.model is model and backend.device == torch.device("cpu")
     with pytest.raises(CaptureError, match="spread over several devices"):
         TorchBackend(model, device="cpu")
+
+
+class _Decoder(torch.nn.Module):
+    """A toy decoder whose forward takes its cache under ``cache_name`` (as transformers before and since 5.24 do),
+    returns it under the same name, and checks that decode steps get back the cache it returned."""
+
+    def __init__(self, cache_name: str):
+        super().__init__()
+        self.cache_name, self.embed, self.head = cache_name, torch.nn.Embedding(16, 4), torch.nn.Linear(4, 16)
+        self.seen: list = []
+
+    def _forward(self, input_ids, use_cache, cache):
+        self.seen.append(None if cache is None else int(cache.shape[-1]))
+        state = self.embed(input_ids).sum(dim=1, keepdim=True)
+        length = input_ids.shape[-1] + (0 if cache is None else int(cache.shape[-1]))
+        return {"logits": self.head(state), self.cache_name: torch.zeros(1, length)}
+
+
+class _OldDecoder(_Decoder):
+    def forward(self, input_ids, past_key_values=None, use_cache=False):
+        return self._forward(input_ids, use_cache, past_key_values)
+
+
+class _NewDecoder(_Decoder):
+    def forward(self, input_ids, cache=None, use_cache=False):
+        return self._forward(input_ids, use_cache, cache)
+
+
+@pytest.mark.parametrize("cls, name", [(_OldDecoder, "past_key_values"), (_NewDecoder, "cache")],
+                         ids=["past_key_values", "cache"])
+def test_generate_passes_the_cache_under_the_name_forward_takes(cls, name, tmp_path):
+    model = cls(name)
+    inputs = token_input_set(1, seq=3, vocab=16)
+    TorchBackend(model).capture(inputs, str(tmp_path / "g.h5"), CaptureOptions(label="g", mode="generate",
+                                                                               max_new_tokens=3))
+    assert model.seen == [None, 3, 4]  # the prefill without a cache, then each decode step with the one returned
+    with open_dump(str(tmp_path / "g.h5")) as dump:
+        sites = {r.key.site for r in dump.records()}
+    assert ":out.logits" in sites and not any(name in s for s in sites)  # the cache is not captured
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 4)
+
+    def forward(self, input_ids):
+        return self.embed(input_ids)
+
+
+def test_generate_refuses_a_model_without_a_cache_argument(tmp_path):
+    model = _Encoder()
+    with pytest.raises(CaptureError, match=r"_Encoder.forward takes no key/value cache argument \(none of cache, "
+                                           r"past_key_values, cache_params\)"):
+        TorchBackend(model).capture(token_input_set(1, seq=3, vocab=16), str(tmp_path / "g.h5"),
+                                    CaptureOptions(label="g", mode="generate", max_new_tokens=2))
+    assert not os.path.exists(tmp_path / "g.h5")
+
+
+def test_generate_on_transformers_uses_no_deprecated_cache_name(fp32_backend, tmp_path):
+    """Deprecations of the cache API come as FutureWarnings (errors under this suite's filterwarnings) and as
+    ``warning_once`` log lines of transformers' own logger, which does not propagate: listen to it directly."""
+    import logging
+
+    import transformers
+    once = getattr(logging.Logger, "warning_once", None)
+    if hasattr(once, "cache_clear"):
+        once.cache_clear()  # a line logged once already by an earlier test would not come again
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = transformers.logging.get_logger("transformers")
+    logger.addHandler(handler)
+    try:
+        fp32_backend.capture(token_input_set(1, seq=6), str(tmp_path / "g.h5"),
+                             CaptureOptions(label="g", mode="generate", max_new_tokens=3,
+                                            policy=RecordPolicy(default="stats")))
+    finally:
+        logger.removeHandler(handler)
+    assert not [line for line in lines if "deprecat" in line.lower()], lines
