@@ -28,10 +28,14 @@ from .onnx_inject import inject_outputs, load_graph_only
 from .onnx_names import GENAI_BUILDER_RENAMES, load_rename_rules, map_value_sites, reference_sites_of
 from .onnx_records import put_numpy_record
 from .sink import RecordSink
+from .standard_inputs import InputAdjustments, fit_inputs
 
 log = logging.getLogger(__name__)
 GENAI_DISTRIBUTIONS = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
                        "onnxruntime-genai-rocm", "onnxruntime-genai-winml")
+
+#: what else to do about a padded sample (the generator API feeds whole sequences, one per sample)
+GENAI_REMEDY = "capture padded batches with a backend whose model takes {name} ('parity capture torch' or 'onnx')"
 
 
 def installed_genai() -> dict:
@@ -126,11 +130,13 @@ class GenaiBackend(CaptureBackend):
         samples = inputs.samples[:options.max_samples] if options.max_samples else inputs.samples
         if not samples:
             raise CaptureError("the input set has no samples", inputs.path)
-        prompts = [self._prompt(s.arrays, inputs.path, i) for i, s in enumerate(samples)]
+        adjustments = InputAdjustments()
+        prompts = [self._prompt(s.arrays, inputs.path, i, adjustments) for i, s in enumerate(samples)]
         forced = reference_tokens(options.reference, inputs, len(samples)) if options.mode == "teacher-forced" else None
         steps = 1 if options.mode == "forward" else options.max_new_tokens
         if forced is not None:
             steps = min(steps, min(len(t) for t in forced))
+        self._check_context(prompts, steps, inputs.path)
         scratch, plan = None, []
         try:
             folder = self.model_dir
@@ -155,7 +161,7 @@ class GenaiBackend(CaptureBackend):
             capture = {"steps": steps, "stop_at_eos": False, "device_type": str(getattr(model, "device_type", "")),
                        "prompt_logits": "one token at a time (the build returns fewer positions than the prompt)"
                        if fallback_used else "whole prompt at once",
-                       "injected_outputs": len(plan)}
+                       "injected_outputs": len(plan), **adjustments.to_manifest()}
             if forced is not None:
                 capture["reference"] = os.path.abspath(options.reference)
             del model
@@ -170,7 +176,10 @@ class GenaiBackend(CaptureBackend):
                     options: CaptureOptions, progress):
         """Prefill then decode one sample; returns (fed tokens, own argmax tokens, whether the fallback ran)."""
         length = prompt.shape[1]
-        gen = self._generator(og, model, length + steps + 1)
+        # the prefill appends the whole prompt and each later step one token: exactly this many positions, since
+        # GenAI refuses a max_length over the model's context_length even when the run would never reach it
+        positions = length + max(steps, 1) - 1
+        gen = self._generator(og, model, positions)
         gen.append_tokens(prompt)
         outputs = {"logits": gen.get_output("logits")}
         for name, *_ in plan:
@@ -180,7 +189,7 @@ class GenaiBackend(CaptureBackend):
             log.info("the build returned logits of shape %s for a %d-token prompt: feeding it token by token",
                      outputs["logits"].shape, length)
             del gen
-            gen = self._generator(og, model, length + steps + 1)
+            gen = self._generator(og, model, positions)
             outputs = self._token_by_token(gen, prompt, ["logits"] + [p[0] for p in plan])
         fed, argmax = [], []
         for step in range(steps):
@@ -238,21 +247,36 @@ class GenaiBackend(CaptureBackend):
     # -- inputs ----------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _prompt(arrays: dict, path, index: int) -> np.ndarray:
+    def _prompt(arrays: dict, path, index: int, adjustments: InputAdjustments) -> np.ndarray:
         if "input_ids" not in arrays:
             raise CaptureError(f"sample {index} has no 'input_ids' (it has {', '.join(sorted(arrays))})", path,
                                "build the input set with 'parity inputs' from text or token ids")
+        # the generator API takes token ids only and makes its own mask and positions (all ones, 0..L-1): the
+        # standard inputs are left out when they say the same, refused when they say more (padding, offsets)
+        adjustments.add(fit_inputs(arrays, {"input_ids": None}, sample=index, path=path,
+                                   other_remedy=GENAI_REMEDY))
         ids = np.asarray(arrays["input_ids"])
         if ids.ndim == 1:
             ids = ids[None, :]
         if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 1:
             raise CaptureError(f"input_ids of sample {index} has shape {ids.shape}; GenAI capture takes one "
                                f"sequence per sample ([1, L])", path)
-        mask = arrays.get("attention_mask")
-        if mask is not None and not np.all(np.asarray(mask) == 1):
-            raise CaptureError(f"sample {index} is padded (its attention_mask has zeros); GenAI capture feeds whole "
-                               f"sequences", path, "build the input set without padding")
         return ids.astype(np.int32)
+
+    def _check_context(self, prompts: list[np.ndarray], steps: int, path) -> None:
+        """Refuse samples longer than the model's context (the generator would stop with a bare RuntimeError)."""
+        context = self.config["model"].get("context_length")
+        if not isinstance(context, int) or context < 1:
+            return
+        for index, prompt in enumerate(prompts):
+            needed = prompt.shape[1] + max(steps, 1) - 1
+            if needed > context:
+                decode = f" + {steps - 1} decode steps" if steps > 1 else ""
+                raise CaptureError(f"sample {index} needs {needed} positions ({prompt.shape[1]} prompt tokens{decode}),"
+                                   f" more than the model's context_length of {context} (genai_config.json)", path,
+                                   f"build the input set with samples of at most {context - max(steps, 1) + 1} "
+                                   f"tokens (e.g. 'parity inputs text MODEL -n {context - max(steps, 1) + 1}')"
+                                   + (" or ask for fewer --max-new-tokens" if steps > 1 else ""))
 
     # -- intermediates ---------------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from .onnx_inject import InjectedModel, inject_outputs, load_graph_only
 from .onnx_names import load_rename_rules, map_value_sites, reference_sites_of
 from .onnx_records import put_numpy_record
 from .sink import RecordSink
+from .standard_inputs import InputAdjustments, fit_inputs
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ _ORT_DTYPES = {
     "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32, "tensor(uint16)": np.uint16,
     "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
 }
+#: what else to do about an informative input (a padded mask...) that an exported graph does not take
+EXPORT_REMEDY = "export the model with {name} among its inputs (torch.onnx.export(..., input_names=[..., '{name}']))"
 INJECTION_NOTE = ("intermediate values were exposed as extra graph outputs; ONNX Runtime cannot fuse across an "
                   "exposed value, so final outputs may differ slightly (about 1e-6 in fp32) from an uninjected run")
 
@@ -180,8 +183,9 @@ class OnnxBackend(CaptureBackend):
             session = self.session(injected.path)
             plan = self._plan(injected)
             names = [name for name, *_ in plan]
+            adjustments = InputAdjustments()
             for index, sample in enumerate(samples):
-                feeds = session_feeds(session, sample.arrays, inputs.path, index)
+                feeds = session_feeds(session, sample.arrays, inputs.path, index, adjustments)
                 try:
                     results = session.run(names, feeds)
                 except Exception as exc:  # onnxruntime raises its own exception types
@@ -200,7 +204,8 @@ class OnnxBackend(CaptureBackend):
                     progress.advance()
             extra: dict = {"capture": {"injected_outputs": len(injected.values),
                                        "mapped_values": sum(1 for _, s, m, _ in plan if m.get("mapped")),
-                                       "execution_order": "topological order of the ONNX graph"}}
+                                       "execution_order": "topological order of the ONNX graph",
+                                       **adjustments.to_manifest()}}
             if options.check_perturbation and samples:
                 extra["perturbation_check"] = self._perturbation_check(session, samples[0].arrays, inputs.path,
                                                                        injected.graph_outputs)
@@ -273,27 +278,25 @@ class OnnxBackend(CaptureBackend):
         return {"bit_identical": identical, "max_abs_diff": diffs, "compared": "sample 0, graph outputs"}
 
 
-def session_feeds(session, arrays: dict, inputs_path, index: int) -> dict:
+def session_feeds(session, arrays: dict, inputs_path, index: int,
+                  adjustments: InputAdjustments | None = None) -> dict:
     """The feeds for one sample: every model input by name, dtypes checked (never silently cast).
 
+    An input the model does not take is left out when it carries no information, and a model input the sample lacks
+    is derived when it has a standard default (capture/standard_inputs.py); ``adjustments`` counts both.
+
     Raises:
-        CaptureError: missing or extra inputs, or a dtype that differs from the model's.
+        CaptureError: missing or extra inputs that the standard defaults do not cover, or a dtype that differs
+            from the model's.
     """
     expected = {i.name: i.type for i in session.get_inputs()}
-    missing = sorted(set(expected) - set(arrays))
-    extra = sorted(set(arrays) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing model input(s) {', '.join(missing)}")
-        if extra:
-            parts.append(f"input(s) {', '.join(extra)} that the model does not take")
-        raise CaptureError(f"sample {index} of the input set does not match the model: {'; '.join(parts)} "
-                           f"(the model takes {', '.join(expected)})", inputs_path,
-                           "build an input set with exactly the model's inputs, e.g. 'parity inputs random MODEL'")
+    fitted = fit_inputs(arrays, {name: _ORT_DTYPES.get(kind) for name, kind in expected.items()}, sample=index,
+                        path=inputs_path, other_remedy=EXPORT_REMEDY)
+    if adjustments is not None:
+        adjustments.add(fitted)
     feeds = {}
     for name, kind in expected.items():
-        array = np.asarray(arrays[name])
+        array = np.asarray(fitted.arrays[name])
         want = _ORT_DTYPES.get(kind)
         if want is None:
             raise CaptureError(f"model input {name!r} has type {kind}, which numpy cannot feed", inputs_path)

@@ -23,6 +23,7 @@ from protocol import CaptureError, InputSet
 from .base import CaptureBackend, CaptureOptions, CaptureSummary, reference_tokens
 from .flatten import flatten
 from .sink import RecordSink
+from .standard_inputs import InputAdjustments, fit_inputs
 from .torch_hooks import ModuleSelection, logical_dtype, torch_capture
 from .torch_loading import (
     describe_device, load_hf_model, parse_device, parse_dtype, state_dict_hash, weights_hash,
@@ -115,12 +116,13 @@ class TorchBackend(CaptureBackend):
             steps = min(steps, min(np.shape(t)[-1] for t in forced))
         check = self._unhooked_outputs(samples[0], options.mode) if options.check_perturbation else None
         result: dict = {"capture": {"steps": steps, "stop_at_eos": False}}
+        adjustments = InputAdjustments()
         hooked_first = None
         # no_grad rather than inference_mode: inference tensors have no version counter (see torch_hooks'
         # share_unchanged, off here: correctness first)
         with torch.no_grad(), torch_capture(self.model, sink, options.policy, selection=self.selection) as cap:
             for i, sample in enumerate(samples):
-                feed = self._tensors(sample, inputs.path)
+                feed = self._tensors(sample, inputs.path, i, adjustments)
                 if options.mode == "forward":
                     cap.at(i, 0)
                     out = self.model(**feed, **self._no_cache())
@@ -133,6 +135,7 @@ class TorchBackend(CaptureBackend):
                         sink.put_array(f"argmax_tokens.s{i}", argmax)
                 if i == 0 and check is not None:
                     hooked_first = _final_outputs(first)
+        result["capture"].update(adjustments.to_manifest())
         if check is not None:
             result["perturbation_check"] = _compare_outputs(check, hooked_first)
         if forced is not None:
@@ -169,7 +172,7 @@ class TorchBackend(CaptureBackend):
 
     def _unhooked_outputs(self, sample, mode: str) -> list:
         """The final outputs of the first sample's first step, run without any hook (observer-effect check)."""
-        feed = self._tensors(sample, None)
+        feed = self._tensors(sample, None, 0, InputAdjustments())
         with torch.no_grad():
             out = self.model(**feed, **(self._no_cache() if mode == "forward" else {"use_cache": True}))
         return _final_outputs(out)
@@ -179,12 +182,19 @@ class TorchBackend(CaptureBackend):
     def _no_cache(self) -> dict:
         return {"use_cache": False} if "use_cache" in self._params else {}
 
-    def _tensors(self, sample, path) -> dict:
-        """The sample's arrays that the model's forward takes, as batched tensors on the device."""
+    def _tensors(self, sample, path, index: int, adjustments: InputAdjustments) -> dict:
+        """The sample's arrays that the model's forward takes, as batched tensors on the device.
+
+        A standard input the forward does not take (capture/standard_inputs.py) is left out when it holds its
+        default and refused when it says more (a padded mask); nothing is derived, since transformers models fill in
+        their own defaults. Other arrays the forward does not take are left out (one input set feeds every backend).
+        """
+        taken = {name: None for name in sample.arrays if name in self._params}
+        fitted = fit_inputs(sample.arrays, taken, sample=index, path=path, refuse_unknown=False,
+                            other_remedy="capture a model whose forward takes {name}")
+        adjustments.add(fitted)
         feed = {}
-        for name, arr in sample.arrays.items():
-            if name not in self._params:
-                continue
+        for name, arr in fitted.arrays.items():
             t = torch.from_numpy(np.ascontiguousarray(arr))
             if t.dim() == 1:
                 t = t.unsqueeze(0)  # input sets store [1, L]; accept [L] too

@@ -27,6 +27,10 @@ def text_cmd(tokenizer, text_file, chunk_tokens, stride, max_samples, seed, outp
     """Tokenize a corpus once with TOKENIZER (a folder holding tokenizer.json, e.g. the model folder) and cut it
     into samples of input_ids and attention_mask, with score_from and text metadata for perplexity.
 
+    For models that take other inputs (pixel_values, input_features, decoder_input_ids, token_type_ids...), save
+    the arrays in an .npz and use 'parity inputs tokens'; token_type_ids (zeros) and position_ids (0..L-1) that a
+    model takes are derived at capture.
+
     \b
     Example:
       parity inputs text ./tiny-llama --text-file /usr/share/common-licenses/GPL-3 -n 256 --max-samples 4 \\
@@ -45,10 +49,24 @@ def tokens_cmd(npz, max_samples, output):
     """Make an input set from the arrays of NPZ: batched ([N, ...] arrays, one sample per row) or per sample
     (arrays named <name>.<i>). An attention_mask of ones is added when input_ids has none.
 
+    Arrays keep their names and dtypes, so this builds the inputs of any model: name each array after the model
+    input it feeds (pixel_values, input_features, decoder_input_ids, token_type_ids, position_ids...). Inputs are
+    never cast: save floats as the model's dtype (float32 for most ONNX exports). At capture, an input the model
+    does not take is left out when it carries no information (an all-ones attention_mask, position_ids 0..L-1,
+    all-zero token_type_ids) and refused otherwise; one it takes but the set lacks is derived from those defaults.
+
     \b
     Example:
       python -c "import numpy as np; np.savez('ids.npz', input_ids=np.arange(64).reshape(2, 32))"
       parity inputs tokens ids.npz -o inputs.h5
+    \b
+    Images, audio features, encoder-decoder and two-segment inputs:
+      python -c "import numpy as np; np.savez('img.npz', pixel_values=np.zeros((2, 3, 224, 224), np.float32))"
+      python -c "import numpy as np; np.savez('asr.npz', input_features=np.zeros((1, 80, 3000), np.float32),
+          decoder_input_ids=np.array([[50258, 50259, 50359]]))"
+      python -c "import numpy as np; np.savez('pair.npz', input_ids=np.arange(8)[None],
+          token_type_ids=np.array([[0, 0, 0, 0, 1, 1, 1, 1]]))"
+      parity inputs tokens img.npz -o images.h5
     """
     from capture.token_inputs import build_token_input_set
     _write(build_token_input_set(npz, max_samples=max_samples), output)

@@ -16,7 +16,9 @@ import click
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Number of samples.")
 def random_inputs_cmd(model, output, dims, int_ranges, float_ranges, seed, samples):
     """Draw random inputs for ONNX model MODEL from its input spec and write them as an input set, so that every
-    backend sees identical inputs. Every named dynamic dim needs a --dim.
+    backend sees identical inputs. Every named dynamic dim needs a --dim. Random token ids are not text: to pair
+    with a PyTorch capture on real tokens or on given arrays (pixel_values, input_features, decoder_input_ids...),
+    build the set with 'parity inputs text' or 'parity inputs tokens' instead.
 
     \b
     Example:

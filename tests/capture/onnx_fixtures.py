@@ -52,7 +52,11 @@ def tiny_bert_dir() -> str:
     return _cached("bert", lambda: build_tiny_bert(_folder("bert")))
 
 
-def _export(kind: str, exporter: str) -> str:
+#: the inputs of the default exports
+MODEL_INPUTS = ("input_ids", "attention_mask")
+
+
+def _export(kind: str, exporter: str, inputs: tuple[str, ...]) -> str:
     import torch
     import transformers
     folder = tiny_llama_dir() if kind == "llama" else tiny_bert_dir()
@@ -62,29 +66,36 @@ def _export(kind: str, exporter: str) -> str:
     first_output = "logits" if kind == "llama" else "last_hidden_state"
 
     # Keep the model itself as the exported root (so scopes are the model's own module paths) but give it a
-    # plain (input_ids, attention_mask) -> tensor signature: no cache, no logits_to_keep input.
-    def forward(self, input_ids, attention_mask):
-        out = cls_forward(self, input_ids=input_ids, attention_mask=attention_mask,
-                          **({"use_cache": False} if kind == "llama" else {}))
+    # plain (*inputs) -> tensor signature: no cache, no logits_to_keep input.
+    def forward(self, *args):
+        kwargs = dict(zip(inputs, args))
+        if kind == "llama" and exporter == "torchscript" and "attention_mask" not in kwargs:
+            # the TorchScript exporter cannot export Llama's mask-free path (aten::diff): the usual workaround is
+            # an all-ones mask made inside the graph, so the graph still takes input_ids only
+            kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
+        out = cls_forward(self, **kwargs, **({"use_cache": False} if kind == "llama" else {}))
         return out[first_output]
     model.forward = types.MethodType(forward, model)
     ids = torch.arange(5, 5 + SEQ).reshape(1, SEQ)
-    mask = torch.ones_like(ids)
-    path = os.path.join(_folder(f"{kind}-{exporter}"), "model.onnx")
+    examples = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(SEQ)[None],
+                "token_type_ids": torch.zeros_like(ids)}
+    args = tuple(examples[name] for name in inputs)
+    name = f"{kind}-{exporter}" + ("" if inputs == MODEL_INPUTS else "-" + "-".join(inputs))
+    path = os.path.join(_folder(name), "model.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            torch.onnx.export(model, (ids, mask), path, dynamo=True, input_names=["input_ids", "attention_mask"],
+            torch.onnx.export(model, args, path, dynamo=True, input_names=list(inputs),
                               output_names=[first_output], verbose=False)
         else:
-            torch.onnx.export(model, (ids, mask), path, dynamo=False, input_names=["input_ids", "attention_mask"],
-                              output_names=[first_output])
+            torch.onnx.export(model, args, path, dynamo=False, input_names=list(inputs), output_names=[first_output])
     return path
 
 
-def exported(kind: str, exporter: str) -> str:
-    """``kind`` in llama/bert, ``exporter`` in dynamo/torchscript: the path of the exported model.onnx."""
-    return _cached(("export", kind, exporter), lambda: _export(kind, exporter))
+def exported(kind: str, exporter: str, inputs: tuple[str, ...] = MODEL_INPUTS) -> str:
+    """``kind`` in llama/bert, ``exporter`` in dynamo/torchscript: the path of the exported model.onnx, whose
+    graph inputs are ``inputs`` (names among input_ids, attention_mask, position_ids, token_type_ids)."""
+    return _cached(("export", kind, exporter, tuple(inputs)), lambda: _export(kind, exporter, tuple(inputs)))
 
 
 def token_samples(count: int = 2, seed: int = 0) -> list[InputSample]:
@@ -117,18 +128,30 @@ def torch_dump(kind: str) -> str:
     return _cached(("torch", kind), build)
 
 
+def short_context_llama_dir() -> str:
+    """The tiny Llama with a context of 256 positions (``max_position_embeddings``), for context-length limits."""
+    from capture.tiny_models import build_tiny_llama
+    return _cached("llama-256", lambda: build_tiny_llama(_folder("llama-256"), max_positions=256))
+
+
+def _genai_build(hf_dir: str, name: str, precision: str) -> str:
+    out = _folder(f"genai-{name}")
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", out,
+           "-p", precision, "-e", "cpu", "-c", _folder(f"genai-cache-{name}"), "--extra_options", "hf_token=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 or not os.path.exists(os.path.join(out, "genai_config.json")):
+        raise RuntimeError(f"GenAI builder failed: {done.stderr[-2000:]}")
+    return out
+
+
 def genai_build(precision: str) -> str:
     """The tiny Llama built by the ORT GenAI builder at ``precision`` (fp32/int8/int4), offline."""
-    def build():
-        out = _folder(f"genai-{precision}")
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", tiny_llama_dir(), "-o", out,
-               "-p", precision, "-e", "cpu", "-c", _folder(f"genai-cache-{precision}"),
-               "--extra_options", "hf_token=false"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0 or not os.path.exists(os.path.join(out, "genai_config.json")):
-            raise RuntimeError(f"GenAI builder failed: {done.stderr[-2000:]}")
-        return out
-    return _cached(("genai", precision), build)
+    return _cached(("genai", precision), lambda: _genai_build(tiny_llama_dir(), precision, precision))
+
+
+def short_context_genai_build() -> str:
+    """short_context_llama_dir() built by the ORT GenAI builder in fp32 (genai_config.json context_length 256)."""
+    return _cached(("genai", "llama-256"), lambda: _genai_build(short_context_llama_dir(), "llama-256-fp32", "fp32"))
 
 
 def hf_logits(input_ids: np.ndarray) -> np.ndarray:

@@ -30,6 +30,10 @@ def test_logits_for_every_prompt_position(tmp_path, precision):
         assert dump.manifest.framework["name"] == "onnxruntime-genai"
         assert dump.manifest.capture["execution_provider"] == "cpu"
         assert dump.manifest.capture["prompt_logits"] == "whole prompt at once"
+        # the generator makes its own all-ones mask: the input set's (all ones) is left out, and recorded
+        assert dump.manifest.capture["dropped_inputs"] == {"attention_mask": {
+            "why": "all ones of input_ids' shape (no padding), which the model assumes: it takes no attention_mask",
+            "samples": 2}}
         for i, sample in enumerate(inputs.samples):
             logits = dump.read(f"s{i}/t0/:out.logits#0")
             assert logits.shape == (1, fx.SEQ, 1000) and np.isfinite(logits).all()
@@ -111,3 +115,47 @@ def test_values_renamed_onto_one_site_become_successive_calls(tmp_path):
         calls = sorted(r.key.call for r in dump.records() if r.key.sample == 0 and r.key.step == 0
                        and r.key.site == "model.layers.0.mlp.gu:out")
     assert calls == [0, 1]
+
+
+def test_padded_or_shifted_samples_are_refused(tmp_path):
+    from protocol import InputSample, write_input_set
+    ids = np.arange(4, 4 + fx.SEQ, dtype=np.int64)[None]
+    mask = np.ones_like(ids)
+    mask[0, :2] = 0
+    padded = str(tmp_path / "padded.h5")
+    write_input_set(padded, [InputSample({"input_ids": ids, "attention_mask": mask})])
+    with pytest.raises(CaptureError) as err:
+        run_capture(GenaiBackend(fx.genai_build("fp32")), padded, str(tmp_path / "x.h5"), CaptureOptions(label="x"),
+                    show_progress=False)
+    assert str(err.value) == (
+        f"{padded}: sample 0 of the input set does not match the model: attention_mask masks 2 of 8 positions, but "
+        f"the model takes no attention_mask (the model takes input_ids). Without attention_mask the model computes "
+        f"as if every position were a real token; build the input set without padding or custom positions (e.g. "
+        f"'parity inputs tokens' from unpadded input_ids), or capture padded batches with a backend whose model "
+        f"takes attention_mask ('parity capture torch' or 'onnx')")
+    shifted = str(tmp_path / "shifted.h5")
+    write_input_set(shifted, [InputSample({"input_ids": ids, "position_ids": np.arange(fx.SEQ)[None] + 1})])
+    with pytest.raises(CaptureError, match="position_ids are not 0..L-1, but the model takes no position_ids"):
+        run_capture(GenaiBackend(fx.genai_build("fp32")), shifted, str(tmp_path / "y.h5"), CaptureOptions(label="y"),
+                    show_progress=False)
+    assert not os.path.exists(tmp_path / "x.h5") and not os.path.exists(tmp_path / "y.h5")
+
+
+def test_samples_fill_the_context_exactly_and_longer_ones_are_refused(tmp_path):
+    import json
+    import shutil
+    folder = tmp_path / "ctx8"
+    shutil.copytree(fx.genai_build("fp32"), folder)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["context_length"] = fx.SEQ  # the prompts of token_inputs() fill it exactly
+    config["search"]["max_length"] = fx.SEQ
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    out = _capture(tmp_path, GenaiBackend(str(folder)), "full-context")
+    with open_dump(out) as dump:
+        assert dump.read("s1/t0/:out.logits#0").shape == (1, fx.SEQ, 1000)
+    with pytest.raises(CaptureError) as err:
+        _capture(tmp_path, GenaiBackend(str(folder)), "too-long", mode="generate", max_new_tokens=3)
+    assert str(err.value) == (
+        f"{fx.token_inputs()}: sample 0 needs 10 positions (8 prompt tokens + 2 decode steps), more than the model's "
+        f"context_length of 8 (genai_config.json). Build the input set with samples of at most 6 tokens (e.g. "
+        f"'parity inputs text MODEL -n 6') or ask for fewer --max-new-tokens")

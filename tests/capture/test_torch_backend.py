@@ -278,3 +278,19 @@ def test_generate_on_transformers_uses_no_deprecated_cache_name(fp32_backend, tm
     finally:
         logger.removeHandler(handler)
     assert not [line for line in lines if "deprecat" in line.lower()], lines
+
+
+def test_a_default_mask_the_forward_does_not_take_is_dropped_and_a_padded_one_refused(tmp_path):
+    model = _Encoder()
+    inputs = token_input_set(2, seq=4, vocab=16)
+    TorchBackend(model).capture(inputs, str(tmp_path / "a.h5"), CaptureOptions(label="a"))
+    with open_dump(str(tmp_path / "a.h5")) as dump:
+        assert dump.manifest.capture["dropped_inputs"] == {"attention_mask": {
+            "why": "all ones of input_ids' shape (no padding), which the model assumes: it takes no attention_mask",
+            "samples": 2}}
+        assert dump.manifest.capture["derived_inputs"] == {}
+    inputs.samples[1].arrays["attention_mask"][0, :2] = 0
+    with pytest.raises(CaptureError, match=r"sample 1 of the input set does not match the model: attention_mask "
+                                           r"masks 2 of 4 positions, but the model takes no attention_mask"):
+        TorchBackend(model).capture(inputs, str(tmp_path / "b.h5"), CaptureOptions(label="b"))
+    assert not os.path.exists(tmp_path / "b.h5")
