@@ -8,7 +8,8 @@ command line of the Model-Optimizer KL toolkit.
         --output results.json
 
 The corpus (Wikitext-2 test through ``datasets``, or ``--text-file``) is tokenized once; every model consumes the
-same 1024-token chunks. Each GenAI capture runs in its own subprocess of the ``--python`` given after its ``--ep``
+same 1024-token chunks (fewer when a model's context is shorter: config.json max_position_embeddings,
+genai_config.json context_length). Each GenAI capture runs in its own subprocess of the ``--python`` given after its ``--ep``
 (default: this interpreter); nothing is installed during a run. Without ``--hf_model`` the GenAI models are compared
 among themselves. The JSON is what ``parity kl`` writes: ``kl_divergences`` {pair: {total, average, tokens}} with
 the true KL (and the toolkit's quantity under ``kl_abs_variant``). Exit codes: 0 done, 2 usage, 3 unusable input.
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="Torch dtype of the Hugging Face model [float32].")
     p.add_argument("--text-file", "--text_file", dest="text_file", default=None,
                    help="UTF-8 corpus to use instead of Wikitext-2 test.")
-    p.add_argument("--chunk-tokens", type=int, default=1024, help="Tokens per disjoint chunk [1024].")
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="Tokens per disjoint chunk [1024, or the smallest context of the models when shorter].")
     p.add_argument("--max-chunks", type=int, default=None, help="Use the first N chunks only.")
     p.add_argument("--keep_logits", action="store_true",
                    help="Keep the input set and the logits dumps in <output stem>_dumps/.")
@@ -72,7 +74,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from protocol import ParityError
-    from workflows.kl_across_backends import KlRunOptions, compute_kl_divergence, summary_lines, unique_labels
+    from workflows.context_lengths import ChunkTooLongError
+    from workflows.kl_across_backends import (
+        KlRunOptions, chunk_tokens_for, compute_kl_divergence, summary_lines, unique_labels,
+    )
     from workflows.runs import ModelSpec
     labels = unique_labels([e["ep"] for e in entries])
     models = [ModelSpec("genai", e["path"], label, ep=e["ep"], python=e["python"])
@@ -81,6 +86,12 @@ def main(argv=None) -> int:
                         dtype=args.dtype, text_file=args.text_file, chunk_tokens=args.chunk_tokens,
                         max_chunks=args.max_chunks, keep_logits=args.keep_logits, debug=args.debug,
                         echo=lambda line: print(line, flush=True))
+    try:
+        opts.chunk_tokens, _, note = chunk_tokens_for(opts)
+    except ChunkTooLongError as exc:
+        build_parser().error(str(exc))
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     try:
         doc = compute_kl_divergence(opts)
     except ParityError as exc:

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 
 from protocol import ParityError, atomic_write_json
 
+from .context_lengths import ChunkTooLongError, choose_chunk_tokens, model_context_length
 from .runs import ModelSpec, capture_hf, run_capture_subprocess
 
 log = logging.getLogger(__name__)
 EP_CHOICES = ("cuda", "directml", "cpu")
+#: tokens per chunk when none is asked for (the KL toolkit's), shrunk to the smallest context of the models
+DEFAULT_CHUNK_TOKENS = 1024
 
 
 @dataclass
@@ -36,7 +39,8 @@ class KlRunOptions:
         output: the JSON results file.
         device: torch device of the Hugging Face model. dtype: its dtype.
         text_file: corpus file (default: Wikitext-2 test through ``datasets``).
-        chunk_tokens: tokens per disjoint chunk. max_chunks: keep the first N chunks (None: all).
+        chunk_tokens: tokens per disjoint chunk (None: DEFAULT_CHUNK_TOKENS, or the smallest context of the
+            models when that is shorter). max_chunks: keep the first N chunks (None: all).
         keep_logits: keep the input set and the dumps in ``<output stem>_dumps/`` (else a temporary folder).
         debug: stream every subprocess's output and log at debug level.
         echo: where progress lines go (default: print).
@@ -48,7 +52,7 @@ class KlRunOptions:
     device: str = "cpu"
     dtype: str = "float32"
     text_file: str | None = None
-    chunk_tokens: int = 1024
+    chunk_tokens: int | None = None
     max_chunks: int | None = None
     keep_logits: bool = False
     debug: bool = False
@@ -65,6 +69,21 @@ def unique_labels(names: list[str]) -> list[str]:
     return out
 
 
+def chunk_tokens_for(opts: KlRunOptions) -> tuple[int, dict, str | None]:
+    """The chunk length of a run: ``opts.chunk_tokens``, or the default shrunk to the smallest model context.
+
+    Returns:
+        (tokens per chunk, {label: context or None} of every model, a one-line note when the default was shrunk).
+
+    Raises:
+        ChunkTooLongError: an explicit ``chunk_tokens`` over a model's context (the tool's usage error).
+    """
+    contexts = {"hf": model_context_length("hf", opts.hf_model)} if opts.hf_model else {}
+    contexts.update({m.label: model_context_length(m.kind, m.path) for m in opts.models})
+    chunk, note = choose_chunk_tokens(opts.chunk_tokens, DEFAULT_CHUNK_TOKENS, contexts)
+    return chunk, contexts, note
+
+
 def compute_kl_divergence(opts: KlRunOptions) -> dict:
     """Tokenize once, capture every model, write and return the pairwise KL JSON.
 
@@ -73,8 +92,8 @@ def compute_kl_divergence(opts: KlRunOptions) -> dict:
         their execution providers and interpreters, the corpus and the dumps (when kept).
 
     Raises:
-        ParityError: fewer than two models in all, an unusable model or corpus, a failed capture; the message names
-            the model and what to do.
+        ParityError: fewer than two models in all, a chunk length over a model's context, an unusable model or
+            corpus, a failed capture; the message names the model and what to do.
     """
     from analyze.kl import pairwise_kl
     from capture.text_inputs import build_text_input_set
@@ -83,6 +102,12 @@ def compute_kl_divergence(opts: KlRunOptions) -> dict:
     if total < 2:
         raise ParityError("KL needs at least two models", hint="pass --hf_model and one --ep/--path pair, or two "
                           "or more --ep/--path pairs")
+    try:
+        chunk_tokens, contexts, note = chunk_tokens_for(opts)
+    except ChunkTooLongError as exc:
+        raise ParityError(str(exc), hint="a model cannot score more positions than its context") from None
+    if note:
+        log.warning(note)
     tokenizer = opts.hf_model or opts.models[0].path
     if opts.keep_logits:
         work = os.path.splitext(os.path.abspath(opts.output))[0] + "_dumps"
@@ -93,8 +118,8 @@ def compute_kl_divergence(opts: KlRunOptions) -> dict:
     try:
         steps = total + 2
         opts.echo(f"[1/{steps}] tokenizing {opts.text_file or 'Wikitext-2 (test)'} with {tokenizer} into "
-                  f"{opts.chunk_tokens}-token chunks")
-        inputs = build_text_input_set(tokenizer, text_file=opts.text_file, chunk_tokens=opts.chunk_tokens,
+                  f"{chunk_tokens}-token chunks")
+        inputs = build_text_input_set(tokenizer, text_file=opts.text_file, chunk_tokens=chunk_tokens,
                                       max_samples=opts.max_chunks)
         inputs_path = _fresh(os.path.join(work, "inputs.h5"))
         write_input_set(inputs_path, inputs.samples, inputs.provenance)
@@ -128,7 +153,7 @@ def compute_kl_divergence(opts: KlRunOptions) -> dict:
         doc["run"] = {"tool": "tools/compute_kl_divergence.py", "models": described,
                       "corpus": {k: inputs.provenance.get(k) for k in ("dataset", "split", "text_file",
                                                                        "text_sha256", "total_tokens")},
-                      "chunk_tokens": opts.chunk_tokens, "chunks": len(inputs.samples),
+                      "chunk_tokens": chunk_tokens, "context_lengths": contexts, "chunks": len(inputs.samples),
                       "dumps": dumps if opts.keep_logits else None, "inputs": inputs_path if opts.keep_logits
                       else None, "seconds": round(time.perf_counter() - started, 2)}
         atomic_write_json(opts.output, doc)

@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from analyze.cli.main import cli
-from tests.capture.onnx_fixtures import exported, genai_build, tiny_llama_dir
+from tests.capture.onnx_fixtures import (
+    exported, genai_build, short_context_genai_build, short_context_llama_dir, tiny_llama_dir,
+)
 from tests.protocol.support import REPO, load_script
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -61,6 +63,46 @@ def test_kl_tool_usage_and_failing_interpreter(tmp_path, small_corpus):
                       str(tmp_path / "no-python"), "--text-file", small_corpus, "--max-chunks", "1",
                       "--output", str(tmp_path / "r.json")])
     assert code == 3 and not (tmp_path / "r.json").exists()
+
+
+def test_kl_tool_shrinks_default_chunks_to_the_smallest_context(tmp_path, small_corpus):
+    out = tmp_path / "kl.json"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "compute_kl_divergence.py"), "--hf_model",
+           short_context_llama_dir(), "--ep", "cpu", "--path", short_context_genai_build(), "--text-file",
+           small_corpus, "--max-chunks", "2", "--output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    note = ("note: --chunk-tokens defaults to 1024, more than the context of hf (256 tokens), cpu (256 tokens): "
+            "using 256-token chunks\n")
+    assert done.stderr == note  # said once, on stderr, and nothing else there
+    assert "into 256-token chunks" in done.stdout
+    doc = json.loads(out.read_text())
+    assert doc["run"]["chunk_tokens"] == 256 and doc["run"]["context_lengths"] == {"hf": 256, "cpu": 256}
+    assert doc["kl_divergences"]["hf_vs_cpu"]["tokens"] == 2 * 255
+    assert doc["kl_divergences"]["hf_vs_cpu"]["average"] < 1e-8  # fp32 GenAI vs HF at the full context
+    # an explicit chunk length over the context is a usage error naming the option and the context
+    too_long = subprocess.run(cmd[:-2] + ["--output", str(tmp_path / "x.json"), "--chunk-tokens", "512"],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+    assert too_long.returncode == 2 and too_long.stdout == ""
+    assert too_long.stderr.startswith("usage: compute_kl_divergence.py ")
+    assert too_long.stderr.endswith("compute_kl_divergence.py: error: --chunk-tokens 512 is more than the context "
+                                    "of hf (256 tokens), cpu (256 tokens); pass --chunk-tokens 256 or less\n")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_chunk_tokens_choice_and_context_lengths(tmp_path):
+    from workflows.context_lengths import ChunkTooLongError, choose_chunk_tokens, model_context_length
+    assert model_context_length("hf", short_context_llama_dir()) == 256
+    assert model_context_length("genai", short_context_genai_build()) == 256
+    assert model_context_length("hf", str(tmp_path)) is None and model_context_length("onnx", str(tmp_path)) is None
+    (tmp_path / "config.json").write_text('{"text_config": {"n_positions": 64}}')
+    assert model_context_length("hf", str(tmp_path)) == 64
+    assert choose_chunk_tokens(None, 1024, {"hf": 4096, "cpu": None}) == (1024, None)
+    assert choose_chunk_tokens(None, 1024, {"hf": 2048, "cpu": 512, "int4": 512})[0] == 512
+    assert choose_chunk_tokens(300, 1024, {"hf": 2048, "cpu": 512}) == (300, None)
+    with pytest.raises(ChunkTooLongError, match=r"^--chunk-tokens 600 is more than the context of cpu \(512 tokens\); "
+                                                r"pass --chunk-tokens 512 or less$"):
+        choose_chunk_tokens(600, 1024, {"hf": 2048, "cpu": 512})
 
 
 def test_layer_metrics_and_thresholds_round_trip(tmp_path, small_corpus, monkeypatch, capsys):
