@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import math
 import os
 import time
 
 import numpy as np
 
-from protocol import DumpReader, PairingError, RecordInfo, read_ahead
+from protocol import DumpReader, PairingError, RecordInfo, read_ahead, split_site
 from protocol.console import progress as progress_bar
 
 from .logit_block import build_logit_site, compare_logit_records, logit_pair_usable
@@ -154,12 +155,30 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
             "excluded_positions": sum(r.excluded for s in report.sites for r in s.records),
             "reference_only": len(report.unmatched["reference_only"]),
             "candidate_only": len(report.unmatched["candidate_only"]),
+            "module_outputs": paired_module_outputs(pairings),
         }
         report.duration_s = round(time.perf_counter() - started, 3)
         return report
     finally:
         ref.close()
         cand.close()
+
+
+def paired_module_outputs(pairings) -> dict:
+    """How many of the reference's modules (module path + call) with an output record have a partner in the
+    candidate: ``{"reference": n, "paired": m}``. Across backends (a PyTorch reference, an ONNX candidate) this is
+    the share of torch modules that the ONNX value names map to; between two captures of one backend it is all.
+    """
+    seen, paired = set(), set()
+    for p in pairings:
+        with_partner = ((ri, True) for ri, _ in p.pairs)
+        for info, partnered in itertools.chain(with_partner, ((i, False) for i in p.only_reference)):
+            module, direction, _ = split_site(info.key.site)
+            if direction == "out":
+                seen.add((p.rank, module, info.key.call))
+                if partnered:
+                    paired.add((p.rank, module, info.key.call))
+    return {"reference": len(seen), "paired": len(paired)}
 
 
 def _describe(side) -> dict:

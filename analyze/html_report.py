@@ -82,8 +82,11 @@ def _card(doc: dict, loc: dict) -> str:
     parts = [f'<div class="card verdict {_e(verdict)}" id="verdict"><div class=big>{_e(verdict.upper())}</div>'
              f"<div>{_side(doc.get('reference'))} → {_side(doc.get('candidate'))}</div>"]
     t = doc.get("totals") or {}
+    outputs = t.get("module_outputs") or {}
+    paired = (f"; {_e(outputs['paired'])} of {_e(outputs['reference'])} reference modules' outputs paired"
+              if outputs.get("paired", 0) < outputs.get("reference", 0) else "")
     parts.append(f"<div class=dim>{_e(t.get('sites', 0))} sites, {_e(t.get('records', 0))} records compared; "
-                 f"{_e(t.get('error_records', 0))} in error; judged by {_e(loc.get('judged_by'))}"
+                 f"{_e(t.get('error_records', 0))} in error{paired}; judged by {_e(loc.get('judged_by'))}"
                  f"{' with a noise floor' if loc.get('floor') else ''}</div></div>")
     if first:
         limit = first.get("limit")

@@ -16,7 +16,7 @@ import numpy as np
 from protocol import atomic_write_json
 from protocol.errors import ReportError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 REPORT_KIND = "tensorparity.report"
 
 
@@ -356,6 +356,10 @@ def summary_lines(report: Report) -> list[str]:
                  f"{t.get('error_records', 0)} records in error; unmatched: "
                  f"{len(report.unmatched.get('reference_only', []))} only in reference, "
                  f"{len(report.unmatched.get('candidate_only', []))} only in candidate")
+    outputs = t.get("module_outputs") or {}
+    if outputs.get("paired", 0) < outputs.get("reference", 0):  # across backends: how much of the model pairs
+        lines.append(f"module outputs paired: {outputs['paired']} of {outputs['reference']} modules of the "
+                     f"reference ({100 * outputs['paired'] / outputs['reference']:.0f}%)")
     for ls in report.logits:
         st = ls.statistics
         if not st:

@@ -66,6 +66,9 @@ def test_family_pairs_is_exact_twice_and_names_a_planted_fault(entry, tmp_path):
     report = analyze.compare(a, bf16)
     assert report.unmatched == {"reference_only": [], "candidate_only": []}
     assert not report.errors and len(report.sites) > 10
+    outputs = report.totals["module_outputs"]
+    assert outputs["paired"] == outputs["reference"] == len({(s.site.split(":")[0], s.call) for s in report.sites
+                                                             if s.site.split(":")[1].startswith("out")})
     with open_dump(bf16) as dump:
         assert {r.key for r in dump.records()} == set(ra)
 
