@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf_model", required=True, help="Hugging Face model folder (the reference and the tokenizer).")
     p.add_argument("--model", required=True, help="ORT GenAI model folder, or an .onnx file with a 'logits' output.")
-    p.add_argument("--max_length", "--max-length", dest="max_length", type=int, default=1024,
-                   help="Window length in tokens [1024].")
-    p.add_argument("--stride", type=int, default=512, help="Stride between windows [512]; 0 for disjoint chunks.")
+    p.add_argument("--max_length", "--max-length", dest="max_length", type=int, default=None,
+                   help="Window length in tokens [1024, or the smaller context of the two models when shorter].")
+    p.add_argument("--stride", type=int, default=None,
+                   help="Stride between windows [half the window]; 0 for disjoint chunks.")
     p.add_argument("--text-file", "--text_file", dest="text_file", default=None,
                    help="UTF-8 corpus to use instead of Wikitext-2 test.")
     p.add_argument("--max-samples", type=int, default=None, help="Use the first N windows only.")
@@ -42,10 +43,23 @@ def main(argv=None) -> int:
     """Parse, run workflows.perplexity_side_by_side.compare_perplexity, print the side-by-side table."""
     args = build_parser().parse_args(argv)
     from protocol import ParityError
-    from workflows.perplexity_side_by_side import comparison_lines, compare_perplexity, write_comparison
+    from workflows.context_lengths import ChunkTooLongError
+    from workflows.perplexity_side_by_side import (
+        comparison_lines, compare_perplexity, perplexity_window, write_comparison,
+    )
     try:
-        result = compare_perplexity(args.hf_model, args.model, text_file=args.text_file, max_length=args.max_length,
-                                    stride=args.stride or None, max_samples=args.max_samples, device=args.device,
+        window, note = perplexity_window(args.hf_model, args.model, args.max_length)
+    except ChunkTooLongError as exc:
+        build_parser().error(str(exc))
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    stride = window // 2 if args.stride is None else args.stride
+    if stride > window:
+        build_parser().error(f"--stride {stride} is more than the window ({window} tokens): every token must be "
+                             f"scored once")
+    try:
+        result = compare_perplexity(args.hf_model, args.model, text_file=args.text_file, max_length=window,
+                                    stride=stride or None, max_samples=args.max_samples, device=args.device,
                                     dtype=args.dtype, ep=args.ep, python=args.python, work_dir=args.keep,
                                     echo=lambda line: print(line, file=sys.stderr, flush=True))
     except ParityError as exc:

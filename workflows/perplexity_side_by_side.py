@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass
 
 from protocol import ParityError, atomic_write_json, write_input_set
 
+from .context_lengths import ChunkTooLongError, choose_chunk_tokens, model_context_length
+
+#: the window when none is asked for (shrunk to the smallest context of the two models)
+DEFAULT_MAX_LENGTH = 1024
+
 
 @dataclass
 class PerplexityComparison:
@@ -53,7 +58,22 @@ def _side(label: str, path: str, ppl: dict, block: dict | None) -> dict:
             "word_ppl": ppl.get("word_ppl"), "byte_ppl": ppl.get("byte_ppl"), "bits_per_byte": ppl.get("bits_per_byte")}
 
 
-def compare_perplexity(hf_model: str, model: str, *, text_file: str | None = None, max_length: int = 1024,
+def perplexity_window(hf_model: str, model: str, max_length: int | None) -> tuple[int, str | None]:
+    """The window length of a comparison: ``max_length``, or DEFAULT_MAX_LENGTH shrunk to the smaller context.
+
+    Returns:
+        (the window, a one-line note when the default was shrunk, else None).
+
+    Raises:
+        ChunkTooLongError: an explicit ``max_length`` over a model's context (the tool's usage error).
+    """
+    genai = os.path.isfile(os.path.join(model, "genai_config.json"))
+    contexts = {"hf": model_context_length("hf", hf_model),
+                "genai" if genai else "onnx": model_context_length("genai" if genai else "onnx", model)}
+    return choose_chunk_tokens(max_length, DEFAULT_MAX_LENGTH, contexts, option="--max_length")
+
+
+def compare_perplexity(hf_model: str, model: str, *, text_file: str | None = None, max_length: int | None = None,
                        stride: int | None = 512, max_samples: int | None = None, device: str = "cpu",
                        dtype: str = "float32", ep: str = "cpu", python: str | None = None,
                        work_dir: str | None = None, echo=None) -> PerplexityComparison:
@@ -64,7 +84,8 @@ def compare_perplexity(hf_model: str, model: str, *, text_file: str | None = Non
         model: an ORT GenAI folder (genai_config.json) or an ONNX file whose output ``logits`` takes ``input_ids``
             and ``attention_mask``.
         text_file: the corpus (default: Wikitext-2 test through ``datasets``).
-        max_length, stride: window length and stride (None: disjoint chunks).
+        max_length: window length (None: DEFAULT_MAX_LENGTH, or the smaller context of the two models when that
+            is shorter). stride: the stride between windows (None: disjoint chunks).
         max_samples: the first N windows only. device, dtype: of the Hugging Face model.
         ep: ONNX Runtime execution provider of an ONNX model. python: capture ``model`` in a subprocess of this
             interpreter (None: in this process).
@@ -72,7 +93,8 @@ def compare_perplexity(hf_model: str, model: str, *, text_file: str | None = Non
         echo: a callable for progress lines (None: quiet).
 
     Raises:
-        ParityError: an unusable model or corpus, a failed capture, no logits to score.
+        ParityError: an unusable model or corpus, a window over a model's context, a failed capture, no logits to
+            score.
     """
     from analyze.compare import compare
     from capture.text_inputs import build_text_input_set
@@ -82,6 +104,12 @@ def compare_perplexity(hf_model: str, model: str, *, text_file: str | None = Non
     if not is_genai and not (model.endswith(".onnx") and os.path.isfile(model)):
         raise ParityError("neither an ORT GenAI model folder (genai_config.json) nor an .onnx file", model,
                           "pass the GenAI builder's output folder or an ONNX file with a 'logits' output")
+    try:
+        max_length, note = perplexity_window(hf_model, model, max_length)
+    except ChunkTooLongError as exc:
+        raise ParityError(str(exc), hint="a model cannot score more positions than its context") from None
+    if note:
+        say(f"note: {note}")
     work = work_dir or tempfile.mkdtemp(prefix="parity-ppl-")
     os.makedirs(work, exist_ok=True)
     try:

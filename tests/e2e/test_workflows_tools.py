@@ -90,6 +90,25 @@ def test_kl_tool_shrinks_default_chunks_to_the_smallest_context(tmp_path, small_
     assert not (tmp_path / "x.json").exists()
 
 
+def test_perplexity_tool_shrinks_the_default_window_to_the_smallest_context(tmp_path, small_corpus):
+    out = tmp_path / "ppl.json"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "calculate_perplexity.py"), "--hf_model",
+           short_context_llama_dir(), "--model", short_context_genai_build(), "--text-file", small_corpus,
+           "--max-samples", "2", "--output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.startswith("note: --max_length defaults to 1024, more than the context of hf (256 tokens), "
+                                  "genai (256 tokens): using 256-token chunks\n")
+    doc = json.loads(out.read_text())
+    assert doc["max_length"] == 256 and doc["stride"] == 128  # the stride follows the window: half of it
+    assert doc["tokens"] == 255 + 128 and abs(doc["ratio"] - 1) < 1e-4
+    too_long = subprocess.run(cmd[:-2] + ["--output", str(tmp_path / "x.json"), "--max_length", "512"],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+    assert too_long.returncode == 2 and not (tmp_path / "x.json").exists()
+    assert too_long.stderr.endswith("calculate_perplexity.py: error: --max_length 512 is more than the context of hf "
+                                    "(256 tokens), genai (256 tokens); pass --max_length 256 or less\n")
+
+
 def test_chunk_tokens_choice_and_context_lengths(tmp_path):
     from workflows.context_lengths import ChunkTooLongError, choose_chunk_tokens, model_context_length
     assert model_context_length("hf", short_context_llama_dir()) == 256
