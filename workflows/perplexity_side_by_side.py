@@ -81,8 +81,8 @@ def compare_perplexity(hf_model: str, model: str, *, text_file: str | None = Non
 
     Args:
         hf_model: the Hugging Face folder (the reference; its tokenizer tokenizes the corpus).
-        model: an ORT GenAI folder (genai_config.json) or an ONNX file whose output ``logits`` takes ``input_ids``
-            and ``attention_mask``.
+        model: an ORT GenAI folder (genai_config.json) or an ONNX file with a ``logits`` output that takes
+            ``input_ids`` (and ``attention_mask`` or not: capture/standard_inputs.py).
         text_file: the corpus (default: Wikitext-2 test through ``datasets``).
         max_length: window length (None: DEFAULT_MAX_LENGTH, or the smaller context of the two models when that
             is shorter). stride: the stride between windows (None: disjoint chunks).
