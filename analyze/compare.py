@@ -9,18 +9,20 @@ import time
 
 import numpy as np
 
-from protocol import DumpReader, PairingError, RecordInfo, read_ahead, split_site
+from protocol import CorruptDumpError, DumpReader, PairingError, RecordInfo, read_ahead, split_site
 from protocol.console import progress as progress_bar
 
+from .judge import Decision, judge_record, judge_site
+from .localize import floor_errors
 from .logit_block import build_logit_site, compare_logit_records, logit_pair_usable
 from .logit_metrics import DEFAULT_TOPK, LOGIT_METRICS
 from .pairing import check_pairable, find_input_set, open_side, pair_records
 from .perplexity import logit_records
-from .report import RecordResult, Report, SiteResult
+from .report import RecordResult, Report, SiteResult, site_name
 from .summary import aggregate
 from .tensor_metrics import (DEFAULT_ATOL, DEFAULT_RTOL, STATS_METRICS, TENSOR_METRICS, MetricValues,
                              TensorMetricAccumulator, stats_metrics)
-from .tolerances import DEFAULT_TOLERANCES, dtype_class, over_tolerance, tolerance_for
+from .tolerances import DEFAULT_TOLERANCES, dtype_class, tolerance_for
 
 #: Every metric name ``compare(metrics=...)`` accepts.
 ALL_METRICS = TENSOR_METRICS + STATS_METRICS + ("topk_index_overlap",) + LOGIT_METRICS
@@ -45,10 +47,10 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         chunk_elements: elements per block read from disk (memory bound).
         atol, rtol: ``allclose_frac`` tolerances. topk: ``topk_overlap``'s k.
         show_progress: progress bar on stderr (default: when stderr is a terminal).
-        thresholds: a thresholds file, document or ``thresholds.Thresholds``: sites are judged against them
-            (report.thresholds) and they replace the default tolerance in the first-divergence walk.
-        floor: a noise-floor dump (the reference captured a second time on its own device): the walk judges each
-            record's error in excess of the floor's error for the same key (report.localization).
+        thresholds: a thresholds file, document or ``thresholds.Thresholds``: the sites they name are judged
+            against them instead of the default tolerance (report.thresholds summarizes the check).
+        floor: a noise-floor dump (the reference captured a second time on its own device): sites without
+            thresholds are judged by each record's error in excess of the floor's error for the same key.
         max_failure_rate: allowed share of tokens over a logit threshold.
 
     Returns:
@@ -73,6 +75,10 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         floor_report = compare(ref_path, floor, metrics=["rel_l2", "stats_rel_l2", "cosine"], sites=sites,
                                logit_sites=logit_sites, tolerances=tolerances, chunk_elements=chunk_elements,
                                show_progress=show_progress)
+    floor_by_key = floor_errors(floor_report) if floor_report is not None else None
+
+    def site_limits(name: str) -> dict | None:
+        return thresholds.sites.get(name) if thresholds is not None else None
     ref = open_side(ref_path)
     try:
         cand = open_side(cand_path)
@@ -105,6 +111,7 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
             report.unmatched["candidate_only"] += [prefix + str(i.key) for i in p.only_candidate]
         keep = set(metrics) if metrics else None
         site_map: dict[tuple, SiteResult] = {}
+        decisions: dict[tuple, list] = {}  # (site, call) -> the judge's decision of each record
         logit_map: dict[str, list] = {}
         total = sum(len(p.pairs) for p in pairings)
         if total == 0:  # nothing compared must never read as "pass"
@@ -123,28 +130,32 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
                 for ri, ci in p.pairs:
                     rec = compare_record(rd, cd, ri, ci, rank=p.rank, atol=atol, rtol=rtol, table=table,
                                          chunk_elements=chunk_elements)
-                    _add_to_site(site_map, ri, rec, keep)
-                    if ri.key in logit_keys and logit_pair_usable(ri, ci) \
+                    decision = judge_record(rec.metrics, status=rec.status, stats_only=rec.kind == "stats-only",
+                                            tolerance=rec.tolerance or 0.0, key=rec.key,
+                                            limits=site_limits(site_name(ri.key.site, ri.key.call)),
+                                            floor=floor_by_key.get((p.rank, rec.key)) if floor_by_key else None)
+                    _add_to_site(site_map, decisions, ri, rec, decision, keep)
+                    if rec.status != "error" and ri.key in logit_keys and logit_pair_usable(ri, ci) \
                             and dtype_class(ri.dtype) == dtype_class(ci.dtype) == "float":
                         logit_map.setdefault(ri.key.site, []).append(compare_logit_records(
                             rd, cd, ri, ci, inputset, rank=p.rank, topk=topk, chunk_elements=chunk_elements))
                     bar.advance()
         report.sites = list(site_map.values())
         for s in report.sites:
+            how = ("thresholds" if site_limits(s.name) is not None
+                   else "floor" if floor_by_key is not None else "tolerance")
+            s.set_decision(judge_site(decisions[(s.site, s.call)], how))
             _finish_site(s, report)
         report.logits = [build_logit_site(site, recs, inputset, topk=topk) for site, recs in logit_map.items()]
         if keep is not None:
             for ls in report.logits:
                 for r in ls.records:
                     r.means = {m: v for m, v in r.means.items() if m in keep}
-        report.first_divergence = _first_divergence(report.sites)
-        checked = None
         if thresholds is not None:
             checked = apply_thresholds(report, thresholds, max_failure_rate=max_failure_rate, inputs=inputset)
             report.thresholds = {k: v for k, v in checked.items() if k != "site_results"}
         from .localize import attach_localization
-        attach_localization(report, ref, cand, site_thresholds=checked["site_results"] if checked else None,
-                            floor_report=floor_report, chunk_elements=chunk_elements)
+        attach_localization(report, ref, cand, floor_report=floor_report, chunk_elements=chunk_elements)
         if floor_report is not None:
             report.options["floor"] = floor_report.candidate["paths"]
         report.totals = {
@@ -197,6 +208,9 @@ def compare_record(rd: DumpReader, cd: DumpReader, ri: RecordInfo, ci: RecordInf
     Statistics-only records (either side) are compared on their statistics (kind ``stats-only``); ``slice`` and
     ``topk`` records on the data they hold (top-k adds ``topk_index_overlap``, the mean share of common indices per
     row); full records stream both tensors block by block.
+
+    Damaged data on either side (a checksum mismatch, unreadable bytes: ``CorruptDumpError``) is an ``error``
+    result too, ``damaged dump: <the reader's message>``, never metrics: damaged numbers are not a divergence.
     """
     tol = tolerance_for(ri.dtype, ci.dtype, table)
     kind = "stats-only" if "stats" in (ri.storage, ci.storage) else ri.storage
@@ -213,16 +227,19 @@ def compare_record(rd: DumpReader, cd: DumpReader, ri: RecordInfo, ci: RecordInf
     elif tuple(ri.shape) != tuple(ci.shape):
         error = f"shape mismatch: {list(ri.shape)} vs {list(ci.shape)}"
     if error:
-        rec.status, rec.error, rec.over_tolerance = "error", error, True
+        rec.status, rec.error = "error", error
         return rec
     if kind == "stats-only":
         mv = stats_metrics(ri.stats, ci.stats)
     else:
-        mv = _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements)
-        if kind == "topk":
-            mv.values["topk_index_overlap"] = _topk_index_overlap(rd.read_aux(ri), cd.read_aux(ci))
+        try:
+            mv = _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements)
+            if kind == "topk":
+                mv.values["topk_index_overlap"] = _topk_index_overlap(rd.read_aux(ri), cd.read_aux(ci))
+        except CorruptDumpError as exc:
+            rec.status, rec.error = "error", f"damaged dump: {exc.message}"
+            return rec
     rec.status, rec.metrics, rec.numel, rec.excluded = mv.status, mv.values, mv.numel, mv.excluded
-    rec.over_tolerance, rec.decided_by = over_tolerance(mv.values, tol, kind == "stats-only")
     return rec
 
 
@@ -255,12 +272,15 @@ def _topk_index_overlap(ia: np.ndarray, ib: np.ndarray) -> float | None:
     return float(np.mean(shared)) / k
 
 
-def _add_to_site(site_map: dict, ri: RecordInfo, rec: RecordResult, keep: set | None) -> None:
+def _add_to_site(site_map: dict, decisions: dict, ri: RecordInfo, rec: RecordResult, decision: Decision,
+                 keep: set | None) -> None:
     key = (ri.key.site, ri.key.call)
     site = site_map.get(key)
     if site is None:
         site = site_map[key] = SiteResult(len(site_map), ri.key.site, ri.key.call, ri.module_type, rec.kind,
                                           rec.dtype_ref, rec.dtype_cand, rec.tolerance)
+    rec.over_tolerance, rec.decided_by = decision.over, decision.metric
+    decisions.setdefault(key, []).append(decision)
     # worst values are taken before the metric filter: the verdict needs them whatever is displayed
     for name, pick in (("rel_l2", max), ("stats_rel_l2", max), ("cosine", min), ("nan_mismatch", max),
                        ("inf_mismatch", max)):
@@ -268,9 +288,6 @@ def _add_to_site(site_map: dict, ri: RecordInfo, rec: RecordResult, keep: set | 
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             old = site.worst.get(name)
             site.worst[name] = v if old is None else pick(old, v)
-    if rec.over_tolerance and rec.status != "error" and not site.over_tolerance:
-        site.over_tolerance, site.decided_by = True, rec.decided_by
-        site.worst.setdefault("first_key", rec.key)
     if keep is not None:
         rec.metrics = {m: v for m, v in rec.metrics.items() if m in keep}
     if rec.kind != site.kind:
@@ -286,13 +303,3 @@ def _finish_site(site: SiteResult, report: Report) -> None:
             site.errors += 1
             report.errors.append({"key": r.key, "rank": r.rank, "site": site.name, "error": r.error})
     site.aggregates = {m: aggregate(site.values(m)) for m in names}
-
-
-def _first_divergence(sites: list[SiteResult]) -> dict | None:
-    for s in sites:
-        if s.over_tolerance:
-            metric = s.decided_by or "rel_l2"
-            return {"index": s.index, "site": s.name, "metric": metric, "value": s.worst.get(metric),
-                    "tolerance": s.tolerance, "rel_l2": s.worst.get("rel_l2"), "cosine": s.worst.get("cosine"),
-                    "key": s.worst.get("first_key")}
-    return None

@@ -1,8 +1,7 @@
 """Localization (ARCHITECTURE.md section 6): where does the drift start, and which modules introduce it?
 
-- **First divergent site**: the sites walked in the reference's execution order; the first one over its threshold
-  (when thresholds were applied) or over the default tolerance (METRICS.md section 6), with its neighbours and the
-  whole per-site error curve.
+- **First divergent site**: the sites walked in the reference's execution order; the first one that the judge put
+  over its limit, with its neighbours and the whole per-site error curve.
 - **Error gain** of every module (module path + call index) = its output error / its input error, per record
   (sample, step, rank), from the pre-hook records ``<module>:in.*`` and the post-hook records ``<module>:out*``;
   the error of a side is the largest ``rel_l2`` (``stats_rel_l2`` for statistics-only records) among its records.
@@ -11,8 +10,11 @@
   execution order first, which names the innermost module that broke, not its parents); both 0 is "no error" and
   not ranked; a module with outputs but no captured inputs has no gain ("no input record") and is not ranked.
 - **Noise floor**: with a floor report (the reference against a second capture of itself on its own device), the
-  excess of every record's error over the floor's error for the same key; the default-tolerance walk then judges
-  the excess, so nondeterminism does not count as divergence.
+  excess of every record's error over the floor's error for the same key (compare's judge judges that excess, so
+  nondeterminism does not count as divergence; the curve shows the floor and the excess).
+
+Nothing here judges: whether a site is over comes from the judge's decision stored on the site (judge.py); sites
+of reports written before the decisions were stored are judged by tolerance when they are read.
 - **Worst elements** of the first divergent site: the k largest ``|a - b|`` of its worst record, with their indices
   and both values, streamed block by block (memory bounded by the block size).
 
@@ -28,7 +30,8 @@ import numpy as np
 
 from protocol import RecordKey, split_site
 
-from .tolerances import over_tolerance
+from .judge import Decision, judge_record, judge_site
+from .report import site_name
 
 DEFAULT_NEIGHBOURS = 3
 DEFAULT_WORST_ELEMENTS = 10
@@ -51,6 +54,10 @@ class SiteView:
     records: list = field(default_factory=list)  # dicts: key, sample, step, rank, status, metrics, error
     over_tolerance: bool = False
     decided_by: str | None = None
+    judged_by: str | None = None  # None: a report written before the judge stored its decisions (schema < 1.2)
+    limit: float | None = None
+    value: float | None = None
+    decided_key: str | None = None
 
     @property
     def module(self) -> str:
@@ -71,13 +78,32 @@ def report_sites(report) -> list[SiteView]:
     for s in _get(report, "sites") or []:
         recs = [{"key": _get(r, "key"), "sample": _get(r, "sample", 0), "step": _get(r, "step", 0),
                  "rank": _get(r, "rank", 0), "status": _get(r, "status"), "metrics": _get(r, "metrics") or {},
-                 "kind": _get(r, "kind"), "error": _get(r, "error")} for r in _get(s, "records") or []]
+                 "kind": _get(r, "kind"), "error": _get(r, "error"), "over": _get(r, "over_tolerance")}
+                for r in _get(s, "records") or []]
         site, call = _get(s, "site"), int(_get(s, "call", 0) or 0)
-        views.append(SiteView(int(_get(s, "index", len(views))), site if call == 0 else f"{site}#{call}", site, call,
-                              _get(s, "module_type", "") or "", _get(s, "kind", "") or "", _get(s, "tolerance"),
-                              dict(_get(s, "worst") or {}), recs, bool(_get(s, "over_tolerance", False)),
-                              _get(s, "decided_by")))
+        view = SiteView(int(_get(s, "index", len(views))), site_name(site, call), site, call,
+                        _get(s, "module_type", "") or "", _get(s, "kind", "") or "", _get(s, "tolerance"),
+                        dict(_get(s, "worst") or {}), recs, bool(_get(s, "over_tolerance", False)),
+                        _get(s, "decided_by"), _get(s, "judged_by"), _get(s, "limit"), _get(s, "value"),
+                        _get(s, "decided_key"))
+        if view.judged_by is None:
+            _judge_old_view(view)
+        views.append(view)
     return views
+
+
+def _judge_old_view(v: SiteView) -> None:
+    """A site of a report written before decisions were stored: judged now, by the default tolerance (the only
+    way such a report's sites were judged)."""
+    decisions = [judge_record(r["metrics"], status=r["status"] or "ok", key=r["key"],
+                              stats_only=r.get("kind") == "stats-only" or ("rel_l2" not in r["metrics"]
+                                                                         and "stats_rel_l2" in r["metrics"]),
+                              tolerance=v.tolerance if v.tolerance is not None else 0.0) for r in v.records]
+    d = judge_site(decisions, "tolerance")
+    if not d.over and v.over_tolerance and v.decided_by:  # records filtered to other metrics: the stored flag
+        d = Decision(True, "tolerance", v.decided_by, v.worst.get(v.decided_by), v.tolerance)
+    v.over_tolerance, v.decided_by, v.judged_by, v.limit, v.value, v.decided_key = (
+        d.over, d.metric, d.judged_by, d.limit, d.value, d.key)
 
 
 def record_error(metrics: dict) -> float | None:
@@ -110,13 +136,9 @@ def floor_errors(floor_report) -> dict:
     return out
 
 
-def error_curve(views: list[SiteView], *, floor: dict | None = None, site_thresholds: dict | None = None) -> list:
-    """One entry per site in execution order: its worst error, cosine, limit, floor and excess, and whether it is
-    over its threshold (``site_thresholds``: name -> the applied-thresholds entry) or its default tolerance.
-
-    With a floor, the default tolerance judges the excess per record (error minus the floor's error for the same
-    key, likewise for ``1 - cosine``); thresholds judge the raw values (they were calibrated on real noise).
-    """
+def error_curve(views: list[SiteView], *, floor: dict | None = None) -> list:
+    """One entry per site in execution order: its worst error, cosine, the limit it was judged against, whether
+    it is over (the judge's decision, judge.py), and with a floor the floor's error and the excess over it."""
     curve = []
     for v in views:
         errs = [record_error(r["metrics"]) for r in v.records if r["status"] != "error"]
@@ -125,21 +147,15 @@ def error_curve(views: list[SiteView], *, floor: dict | None = None, site_thresh
         if rel is None:  # records filtered to other metrics: the site's worst values were kept
             rel = v.worst.get("rel_l2", v.worst.get("stats_rel_l2"))
         cos = min((c for c in coss if c is not None), default=v.worst.get("cosine"))
+        over = v.over_tolerance
         entry = {"index": v.index, "site": v.name, "module": v.module, "direction": v.direction,
-                 "module_type": v.module_type, "kind": v.kind, "rel_l2": rel, "cosine": cos, "limit": v.tolerance,
-                 "judged_by": "tolerance", "floor": None, "excess": None, "over": False, "metric": None,
-                 "value": None, "errors": sum(r["status"] == "error" for r in v.records), "key": None, "gain": None}
+                 "module_type": v.module_type, "kind": v.kind, "rel_l2": rel, "cosine": cos,
+                 "limit": v.limit if v.limit is not None else v.tolerance, "judged_by": v.judged_by, "floor": None, "excess": None,
+                 "over": over, "metric": v.decided_by if over else None, "value": v.value if over else None,
+                 "errors": sum(r["status"] == "error" for r in v.records),
+                 "key": v.decided_key if over else None, "gain": None}
         if floor is not None:
             _apply_floor(entry, v, floor)
-        th = (site_thresholds or {}).get(v.name)
-        if th is not None:
-            entry.update(judged_by="thresholds", over=bool(th["failed"]), metric=th.get("metric"),
-                         value=th.get("value"), limit=th.get("limit"), key=th.get("key"))
-        elif floor is not None:
-            _judge_tolerance(entry, v, floor)
-        elif v.over_tolerance:  # compare() already judged every record (before any metric filter)
-            metric = v.decided_by or "rel_l2"
-            entry.update(over=True, metric=metric, value=v.worst.get(metric), key=v.worst.get("first_key"))
         curve.append(entry)
     return curve
 
@@ -155,25 +171,6 @@ def _apply_floor(entry: dict, v: SiteView, floor: dict) -> None:
         excess.append(e - f[0])
     entry["floor"] = _max(floors)
     entry["excess"] = _max(excess)
-
-
-def _judge_tolerance(entry: dict, v: SiteView, floor: dict) -> None:
-    tol = v.tolerance if v.tolerance is not None else 0.0
-    for r in v.records:
-        if r["status"] == "error":
-            continue
-        m = dict(r["metrics"])
-        stats_only = r.get("kind") == "stats-only" or ("rel_l2" not in m and "stats_rel_l2" in m)
-        f = floor.get((r["rank"], r["key"]))
-        if f is not None:  # judge the excess over the floor: error - floor error, 1 - cos over 1 - floor cos
-            for name, fv in (("stats_rel_l2" if stats_only else "rel_l2", f[0]), ("cosine", f[1])):
-                if m.get(name) is not None and fv is not None and not math.isnan(fv):
-                    m[name] = m[name] - fv if name != "cosine" else 1.0 - ((1.0 - m[name]) - (1.0 - fv))
-        over, metric = over_tolerance(m, tol, stats_only)
-        if over:
-            value = m.get(metric)
-            entry.update(over=True, metric=metric, value=value, key=r["key"])
-            return
 
 
 def find_first_divergence(curve: list) -> dict | None:
@@ -292,13 +289,11 @@ def worst_elements(ref_reader, cand_reader, ref_info, cand_info, *, k: int = DEF
     return out
 
 
-def localize(report, *, site_thresholds: dict | None = None, floor: dict | None = None,
-             neighbours: int = DEFAULT_NEIGHBOURS) -> dict:
+def localize(report, *, floor: dict | None = None, neighbours: int = DEFAULT_NEIGHBOURS) -> dict:
     """The localization block of a report (without worst elements; see ``attach_localization``).
 
     Args:
         report: a Report or a report dict.
-        site_thresholds: name -> applied-threshold entry (``thresholds.apply_thresholds(...)["site_results"]``).
         floor: ``floor_errors(floor_report)``, or None.
         neighbours: how many sites before and after the first divergent site to list.
 
@@ -307,7 +302,7 @@ def localize(report, *, site_thresholds: dict | None = None, floor: dict | None 
         "gain_ranking": [...], "gain_other": {...}, "floor": bool, "judged_by": "thresholds"|"tolerance"}``.
     """
     views = report_sites(report)
-    curve = error_curve(views, floor=floor, site_thresholds=site_thresholds)
+    curve = error_curve(views, floor=floor)
     ranking, other = error_gains(views)
     by_out = {}
     for g in ranking:
@@ -322,7 +317,13 @@ def localize(report, *, site_thresholds: dict | None = None, floor: dict | None 
                 "after": [e["site"] for e in curve[i + 1:i + 1 + neighbours]]}
     return {"first_divergence": first, "neighbours": near, "curve": curve, "gain_ranking": ranking,
             "gain_other": other, "floor": floor is not None,
-            "judged_by": "thresholds" if site_thresholds else "tolerance", "worst_elements": None}
+            "judged_by": _judged_by(views), "worst_elements": None}
+
+
+def _judged_by(views: list[SiteView]) -> str:
+    """How the report was judged: ``thresholds`` when any site had thresholds, else ``floor`` or ``tolerance``."""
+    ways = {v.judged_by for v in views}
+    return next((w for w in ("thresholds", "floor") if w in ways), "tolerance")
 
 
 def first_divergence_summary(entry: dict | None, report=None) -> dict | None:
@@ -334,14 +335,13 @@ def first_divergence_summary(entry: dict | None, report=None) -> dict | None:
             "judged_by": entry["judged_by"], "excess": entry["excess"], "gain": entry["gain"]}
 
 
-def attach_localization(report, ref_side, cand_side, *, site_thresholds: dict | None = None,
-                        floor_report=None, neighbours: int = DEFAULT_NEIGHBOURS, k: int = DEFAULT_WORST_ELEMENTS,
-                        chunk_elements: int = 1 << 22) -> None:
-    """Compute the localization of a freshly compared Report (dumps still open) and store it on the report:
-    ``report.localization`` and ``report.first_divergence`` (now judged by thresholds and floor when given), plus
-    the worst elements of the first divergent site, streamed from the dumps."""
+def attach_localization(report, ref_side, cand_side, *, floor_report=None, neighbours: int = DEFAULT_NEIGHBOURS,
+                        k: int = DEFAULT_WORST_ELEMENTS, chunk_elements: int = 1 << 22) -> None:
+    """Compute the localization of a freshly compared and judged Report (dumps still open) and store it on the
+    report: ``report.localization`` and ``report.first_divergence`` (the first site the judge put over its limit),
+    plus the worst elements of the first divergent site, streamed from the dumps."""
     floor = floor_errors(floor_report) if floor_report is not None else None
-    loc = localize(report, site_thresholds=site_thresholds, floor=floor, neighbours=neighbours)
+    loc = localize(report, floor=floor, neighbours=neighbours)
     first = loc["first_divergence"]
     if first is not None:
         loc["worst_elements"] = _worst_of_site(report, first["site"], ref_side, cand_side, k, chunk_elements)

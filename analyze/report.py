@@ -20,6 +20,11 @@ SCHEMA_VERSION = "1.2"
 REPORT_KIND = "tensorparity.report"
 
 
+def site_name(site: str, call: int) -> str:
+    """A site's name in reports: ``site``, or ``site#call`` for a module called more than once per step."""
+    return site if call == 0 else f"{site}#{call}"
+
+
 @dataclass
 class RecordResult:
     """One paired record (one sample, step, rank) of a site.
@@ -71,11 +76,20 @@ class SiteResult:
     over_tolerance: bool = False
     decided_by: str | None = None
     errors: int = 0
+    judged_by: str = "tolerance"
+    limit: float | None = None
+    value: float | None = None
+    decided_key: str | None = None
 
     @property
     def name(self) -> str:
         """``site`` or ``site#call`` for a module called more than once per step."""
-        return self.site if self.call == 0 else f"{self.site}#{self.call}"
+        return site_name(self.site, self.call)
+
+    def set_decision(self, decision) -> None:
+        """Store the judge's decision of the site (judge.judge_site): over or not, how, by which record."""
+        self.over_tolerance, self.decided_by, self.judged_by = decision.over, decision.metric, decision.judged_by
+        self.limit, self.value, self.decided_key = decision.limit, decision.value, decision.key
 
     def values(self, metric: str) -> list:
         """Per-record values of one metric, in record order (None where absent)."""
@@ -333,13 +347,17 @@ def summary_lines(report: Report) -> list[str]:
     th = report.thresholds
     gains = {e["site"]: e.get("gain") for e in (report.localization or {}).get("curve", [])}
     for s in report.sites:
-        if s.over_tolerance and th is None:
+        if s.over_tolerance and s.judged_by != "thresholds":  # thresholded sites: check_lines below
             metric = s.decided_by or "rel_l2"
-            value = s.worst.get(metric)
+            # by tolerance: the site's worst value; by floor: the deciding record's excess over the floor
+            value = s.value if s.judged_by == "floor" else s.worst.get(metric, s.value)
+            limit = s.limit if s.limit is not None else s.tolerance
             if metric == "cosine":
-                test = f"cos={value:.6g} < {1 - s.tolerance:.6g}" if value is not None else "cos=nan"
+                test = f"cos={value:.6g} < {limit:.6g}" if value is not None else "cos=nan"
             else:
-                test = f"{metric}={_fmt(value)} > {_fmt(s.tolerance)}"
+                test = f"{metric}={_fmt(value)} > {_fmt(limit)}"
+            if s.judged_by == "floor":
+                test += " over the floor"
             extra = f"  cos={s.worst['cosine']:.4f}" if metric != "cosine" and s.worst.get("cosine") is not None \
                 else ""
             kind = "  (stats-only)" if s.kind == "stats-only" else ""

@@ -8,56 +8,29 @@ import numpy as np
 
 from protocol.errors import ReportError
 
+from .judge import DIRECTIONS, Decision, judge_record, judge_site, limit_ratio
 from .localize import _get, report_sites
-from .thresholds import (DEFAULT_MAX_FAILURE_RATE, MAX_LISTED_TOKENS, MAX_WORST_SITES, SITE_METRICS,
-                         as_thresholds, logit_token_values)
-
-
-def _ratio(metric: str, value: float, limit: float) -> tuple[float, bool]:
-    """How far a value is from its limit on the badness scale (1 = at the limit), and whether it fails.
-
-    Pass/fail compares on the metric's own scale (exact: a limit built with margin 1 from this very value passes)."""
-    if value is None or math.isnan(value):
-        return math.inf, True
-    if SITE_METRICS.get(metric) == "min":
-        bad, lim, fail = 1.0 - value, 1.0 - limit, value < limit
-    else:
-        bad, lim, fail = value, limit, value > limit
-    if lim <= 0.0:
-        return (math.inf if bad > 0.0 else 0.0), fail
-    return bad / lim, fail
+from .thresholds import (DEFAULT_MAX_FAILURE_RATE, MAX_LISTED_TOKENS, MAX_WORST_SITES, as_thresholds,
+                         logit_token_values)
 
 
 def _check_site(v, limits: dict) -> dict:
-    worst = None
-    failed = 0
-    for r in v.records:
-        found = []
-        if r["status"] == "error":
-            found.append((math.inf, True, "error", None, None))
-        else:
-            m = r["metrics"]
-            for name in ("nan_mismatch", "inf_mismatch"):  # NaN/Inf on one side: never within any threshold
-                if m.get(name):
-                    found.append((math.inf, True, name, m[name], 0.0))
-            exact = m.get("rel_l2") == 0.0  # a == b: no threshold can fail (cosine may still round to 1 - ulp)
-            for metric, entry in limits.items():
-                if metric in m and not exact:
-                    ratio, fail = _ratio(metric, m[metric], entry["limit"])
-                    found.append((ratio, fail, metric, m[metric], entry["limit"]))
-        if any(f[1] for f in found):
-            failed += 1
-        for ratio, fail, metric, value, limit in found:
-            rank = (fail, -1.0 if math.isnan(ratio) else ratio)
-            if worst is None or rank > worst[0]:
-                worst = (rank, metric, value, limit, r["key"], ratio)
-    out = {"index": v.index, "site": v.name, "failed": failed > 0, "records": len(v.records),
+    """A thresholded site's entry of the summary, from the judge's decision (judge.py): the one compare stored,
+    or, for a report judged otherwise (read from a file, judged by its tolerance), the judge's decision now."""
+    if v.judged_by == "thresholds":  # compare judged these very records (before any --metrics filter): its word
+        site = Decision(v.over_tolerance, "thresholds", v.decided_by, v.value, v.limit, key=v.decided_key)
+        failed = sum(bool(r.get("over")) for r in v.records)
+    else:
+        decisions = [judge_record(r["metrics"], status=r["status"] or "ok", limits=limits, key=r["key"])
+                     for r in v.records]
+        site, failed = judge_site(decisions, "thresholds"), sum(d.over for d in decisions)
+    out = {"index": v.index, "site": v.name, "failed": site.over, "records": len(v.records),
            "records_failed": failed, "metric": None, "value": None, "limit": None, "direction": None,
            "ratio": None, "key": None}
-    if worst is not None:
-        _, metric, value, limit, key, ratio = worst
-        out.update(metric=metric, value=value, limit=limit, key=key, ratio=ratio,
-                   direction=SITE_METRICS.get(metric, "max"))
+    if site.metric is not None:
+        ratio = limit_ratio(site.metric, site.value, site.limit)[0] if site.limit is not None else math.inf
+        out.update(metric=site.metric, value=site.value, limit=site.limit, key=site.key, ratio=ratio,
+                   direction=DIRECTIONS.get(site.metric, "max"))
     return out
 
 

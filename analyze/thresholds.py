@@ -40,15 +40,13 @@ from protocol.errors import ReportError, ThresholdFileError
 
 from .localize import _get, report_sites
 from .report import read_report
-from .tensor_metrics import STATS_FIELDS
+from .judge import DIRECTIONS
 
 THRESHOLDS_KIND = "tensorparity.thresholds"
 THRESHOLDS_VERSION = "1.0"
 STATISTICS = ("mean", "max", "p99", "p99.9")
 #: Site metrics that may carry a threshold -> the side that is bad (``max``: larger is worse; ``min``: smaller).
-SITE_METRICS = {"rel_l2": "max", "cosine": "min", "cos_rows_mean": "min", "cos_rows_min": "min",
-                "max_abs_diff": "max", "mean_abs_diff": "max", "rmse": "max", "mse": "max", "allclose_frac": "min",
-                **{f"stats_rel_{f}": "max" for f in STATS_FIELDS}}
+SITE_METRICS = DIRECTIONS  # the metrics a site threshold may limit, with their direction (judge.py)
 DEFAULT_SITE_METRICS = ("rel_l2", "cosine", "stats_rel_l2")
 #: Per-token logit metrics that may carry a threshold (all: larger is worse).
 LOGIT_THRESHOLD_METRICS = ("kl", "kl_reverse", "js", "kl_abs_variant", "fms_ce", "fms_diff_mean")
