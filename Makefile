@@ -22,6 +22,17 @@ $(STAMP): $(LOCK) setup.cfg pyproject.toml
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
+# The HTML report is tested in a real headless browser: Debian's chromium (a downloaded browser does not run here).
+# Idempotent: installs only when no chromium is on the PATH (sudo when not root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The main job on a built-in tiny Llama, offline: reports go to a new folder under demo-out/.
+demo: $(STAMP)
+	$(VENV)/bin/parity demo --out demo-out
+
 # Regenerate the lock: pip-tools' resolver over setup.cfg's ranges (extras all and test) and requirements/pins.in,
 # each package at the newest version that resolves. Run in a venv of its own, so the tested one holds only the lock.
 TOOLS_VENV := .venv-tools
