@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LOCK := requirements/test.txt
 
-.PHONY: test test-latest test-oldest demo bench venv lock clean-venv chromium
+.PHONY: test test-latest test-oldest demo bench bench-gpu venv lock clean-venv chromium
 
 venv: $(STAMP)
 
@@ -74,6 +74,13 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
+
+# The accelerator paths that a CPU-only machine cannot run (BENCHMARKS.md, "GPU check"): on a host with CUDA, run
+# it with the interpreter that has that host's CUDA torch (GPU_PYTHON=...), not .venv, whose lock is the CPU build.
+# Without CUDA it says so and exits 0.
+GPU_PYTHON ?= python3
+bench-gpu:
+	$(GPU_PYTHON) -m bench.gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

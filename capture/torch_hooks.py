@@ -266,7 +266,10 @@ def _copy_for_writer(data: torch.Tensor, aux: torch.Tensor | None, stats, pool: 
         host_aux.copy_(aux, non_blocking=True)
     event = torch.Event(device=data.device) if hasattr(torch, "Event") else None
     if event is not None:
-        event.record()
+        # on the stream of the tensor's own device, where its copy was queued: a bare record() would use the
+        # current device's stream, and for a model on cuda:1 (or spread by a device_map) the writer could read
+        # the buffer before its copy lands
+        event.record(torch.accelerator.current_stream(data.device))
 
     def resolve() -> Resolved:
         if event is not None:
