@@ -12,7 +12,9 @@ the verdict all read that decision, never a rule of their own. A site is judged 
 - ``tolerance`` otherwise: ``rel_l2 > tol`` or ``cosine < 1 - tol`` (``stats_rel_l2 > tol`` for statistics-only
   records), tol from the lower-precision dtype (tolerances.py).
 
-In every way NaN or Inf on one side only is over (``nan_mismatch``, ``inf_mismatch``), and an exact record
+In every way NaN or Inf on one side only is over (``nan_mismatch``, ``inf_mismatch``; for statistics-only
+records ``nan_count_diff``, ``inf_count_diff``), a metric that is NaN is over, one that is not a number here (None:
+an empty tensor) is not judged, and an exact record
 (``rel_l2 == 0``) is never over a limit of another metric. A record that could not be compared (a shape mismatch,
 a damaged record) is never over: it is an error, listed as such, and the verdict fails on it, but it is never
 taken for a numeric divergence.
@@ -92,7 +94,8 @@ def judge_record(metrics: dict, *, status: str = "ok", stats_only: bool = False,
     how = "thresholds" if limits is not None else ("floor" if floor is not None else "tolerance")
     if status == "error":  # not a numeric divergence: the report lists it as an error (and the verdict fails)
         return Decision(False, how, "error", None, None, None, key)
-    for name in ("nan_mismatch", "inf_mismatch"):  # NaN/Inf on one side only: never the same function
+    # NaN/Inf on one side only: never the same function (statistics-only records: the counts differ)
+    for name in ("nan_mismatch", "inf_mismatch", "nan_count_diff", "inf_count_diff"):
         if metrics.get(name):
             return Decision(True, how, name, float(metrics[name]), 0.0, math.inf, key)
     if limits is not None:
@@ -122,7 +125,7 @@ def _against_thresholds(m: dict, limits: dict, key) -> Decision:
         return Decision(False, "thresholds", None, None, None, None, key)
     worst = None
     for metric, entry in limits.items():
-        if metric not in m:
+        if m.get(metric) is None:  # not computed, or not a number here (an empty tensor): nothing to judge
             continue
         ratio, over = limit_ratio(metric, m[metric], entry["limit"])
         rank = (over, -1.0 if math.isnan(ratio) else ratio)

@@ -1,4 +1,4 @@
-"""Localization (ARCHITECTURE.md section 6): where does the drift start, and which modules introduce it?
+"""Localization (docs/ARCHITECTURE.md section 6): where does the drift start, and which modules introduce it?
 
 - **First divergent site**: the sites walked in the reference's execution order; the first one that the judge put
   over its limit, with its neighbours and the whole per-site error curve.
@@ -18,8 +18,7 @@ of reports written before the decisions were stored are judged by tolerance when
 - **Worst elements** of the first divergent site: the k largest ``|a - b|`` of its worst record, with their indices
   and both values, streamed block by block (memory bounded by the block size).
 
-Everything here reads a ``Report`` or its JSON dict (``read_report``) alike, so ``parity report`` can render a
-report written by an older version that had no localization.
+Everything here reads a ``Report`` (``read_report`` gives one for a saved report, of any 1.x schema).
 """
 from __future__ import annotations
 
@@ -30,8 +29,6 @@ import numpy as np
 
 from protocol import RecordKey, split_site
 
-from .judge import Decision, judge_record, judge_site
-from .report import site_name
 
 DEFAULT_NEIGHBOURS = 3
 DEFAULT_WORST_ELEMENTS = 10
@@ -54,7 +51,7 @@ class SiteView:
     records: list = field(default_factory=list)  # dicts: key, sample, step, rank, status, metrics, error
     over_tolerance: bool = False
     decided_by: str | None = None
-    judged_by: str | None = None  # None: a report written before the judge stored its decisions (schema < 1.2)
+    judged_by: str = "tolerance"
     limit: float | None = None
     value: float | None = None
     decided_key: str | None = None
@@ -68,42 +65,17 @@ class SiteView:
         return split_site(self.site)[1]
 
 
-def _get(obj, name, default=None):
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-
-
 def report_sites(report) -> list[SiteView]:
-    """The sites of a ``Report`` or of a report dict, in the reference's execution order."""
+    """The sites of a Report, in the reference's execution order, with their records as plain dicts."""
     views = []
-    for s in _get(report, "sites") or []:
-        recs = [{"key": _get(r, "key"), "sample": _get(r, "sample", 0), "step": _get(r, "step", 0),
-                 "rank": _get(r, "rank", 0), "status": _get(r, "status"), "metrics": _get(r, "metrics") or {},
-                 "kind": _get(r, "kind"), "error": _get(r, "error"), "over": _get(r, "over_tolerance")}
-                for r in _get(s, "records") or []]
-        site, call = _get(s, "site"), int(_get(s, "call", 0) or 0)
-        view = SiteView(int(_get(s, "index", len(views))), site_name(site, call), site, call,
-                        _get(s, "module_type", "") or "", _get(s, "kind", "") or "", _get(s, "tolerance"),
-                        dict(_get(s, "worst") or {}), recs, bool(_get(s, "over_tolerance", False)),
-                        _get(s, "decided_by"), _get(s, "judged_by"), _get(s, "limit"), _get(s, "value"),
-                        _get(s, "decided_key"))
-        if view.judged_by is None:
-            _judge_old_view(view)
-        views.append(view)
+    for s in report.sites:
+        recs = [{"key": r.key, "sample": r.sample, "step": r.step, "rank": r.rank, "status": r.status,
+                 "metrics": r.metrics or {}, "kind": r.kind, "error": r.error, "over": r.over_tolerance}
+                for r in s.records]
+        views.append(SiteView(s.index, s.name, s.site, s.call, s.module_type or "", s.kind or "", s.tolerance,
+                              dict(s.worst or {}), recs, bool(s.over_tolerance), s.decided_by, s.judged_by,
+                              s.limit, s.value, s.decided_key))
     return views
-
-
-def _judge_old_view(v: SiteView) -> None:
-    """A site of a report written before decisions were stored: judged now, by the default tolerance (the only
-    way such a report's sites were judged)."""
-    decisions = [judge_record(r["metrics"], status=r["status"] or "ok", key=r["key"],
-                              stats_only=r.get("kind") == "stats-only" or ("rel_l2" not in r["metrics"]
-                                                                         and "stats_rel_l2" in r["metrics"]),
-                              tolerance=v.tolerance if v.tolerance is not None else 0.0) for r in v.records]
-    d = judge_site(decisions, "tolerance")
-    if not d.over and v.over_tolerance and v.decided_by:  # records filtered to other metrics: the stored flag
-        d = Decision(True, "tolerance", v.decided_by, v.worst.get(v.decided_by), v.tolerance)
-    v.over_tolerance, v.decided_by, v.judged_by, v.limit, v.value, v.decided_key = (
-        d.over, d.metric, d.judged_by, d.limit, d.value, d.key)
 
 
 def record_error(metrics: dict) -> float | None:
@@ -150,7 +122,8 @@ def error_curve(views: list[SiteView], *, floor: dict | None = None) -> list:
         over = v.over_tolerance
         entry = {"index": v.index, "site": v.name, "module": v.module, "direction": v.direction,
                  "module_type": v.module_type, "kind": v.kind, "rel_l2": rel, "cosine": cos,
-                 "limit": v.limit if v.limit is not None else v.tolerance, "judged_by": v.judged_by, "floor": None, "excess": None,
+                 "limit": v.limit if v.limit is not None else v.tolerance, "judged_by": v.judged_by,
+                 "floor": None, "excess": None,
                  "over": over, "metric": v.decided_by if over else None, "value": v.value if over else None,
                  "errors": sum(r["status"] == "error" for r in v.records),
                  "key": v.decided_key if over else None, "gain": None}

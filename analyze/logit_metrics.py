@@ -1,4 +1,4 @@
-"""Logit-distribution metrics of METRICS.md section 2, per token position, in float64.
+"""Logit-distribution metrics of docs/METRICS.md section 2, per token position, in float64.
 
 With ``x = a - max(a)`` and ``y = b - max(b)`` (shifted logits, float64), ``ea = exp(x)``, ``sa = sum(ea)``,
 ``p = ea/sa`` and ``log p = x - log sa`` (likewise ``q``), every metric reduces to a few dot products over the

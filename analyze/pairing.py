@@ -1,4 +1,4 @@
-"""Pairing a reference dump with a candidate dump (ARCHITECTURE.md section 6, 7).
+"""Pairing a reference dump with a candidate dump (docs/ARCHITECTURE.md sections 6 and 7).
 
 Records pair by key, never by position; the unmatched keys of each side are listed. Dumps of different input sets
 are refused; different models only warn (comparing models is a use case: int4 vs fp32). Multi-rank captures pair

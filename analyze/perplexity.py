@@ -1,4 +1,4 @@
-"""Perplexity (METRICS.md section 4): token-weighted over the scored positions the input set defines.
+"""Perplexity (docs/METRICS.md section 4): token-weighted over the scored positions the input set defines.
 
 Labels: the logits at position ``t`` predict ``input_ids[t + 1]``. A sample's ``score_from`` metadata (default 0) is
 the first position whose prediction is scored, so each window scores positions ``score_from .. L-2`` — the Hugging

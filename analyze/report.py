@@ -1,15 +1,15 @@
-"""The comparison report: a versioned dataclass tree (REPORT_SCHEMA.md), JSON/CSV writers, terminal summary lines.
+"""The comparison report: a versioned dataclass tree (REPORT_SCHEMA.md), its JSON form both ways (``to_dict`` /
+``write_json``, ``Report.from_dict`` / ``read_report``). The report is only a model: its renderers (terminal text,
+CSV tables, the HTML page) live in analyze/render/.
 
 Numbers stay Python floats, including ``inf`` and ``nan``: the JSON file writes them as ``Infinity``/``NaN`` (what
 Python's json module and most JSON5 readers accept) and ``read_report`` reads them back.
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -181,6 +181,11 @@ class Report:
         """0 for ``pass``, 1 for ``diverged`` (the CLI's exit code)."""
         return 0 if self.verdict == "pass" else 1
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Report":
+        """See ``report_from_dict``."""
+        return report_from_dict(doc)
+
     def site(self, name: str) -> SiteResult:
         """The site called ``name`` (``site`` or ``site#call``); KeyError when absent."""
         for s in self.sites:
@@ -204,65 +209,6 @@ class Report:
     def write_json(self, path: str | os.PathLike, *, tokens: bool = False) -> None:
         """Write the report as JSON (atomically: readers see the old file or the new one)."""
         atomic_write_json(path, self.to_dict(tokens=tokens))
-
-    def write_csv(self, folder: str | os.PathLike) -> list[str]:
-        """Write ``sites.csv`` (one row per site: aggregates), ``records.csv`` (one row per record and metric
-        values), ``logits.csv`` (one row per logit record) and ``unmatched.csv`` into ``folder``.
-
-        Returns:
-            The files written.
-        """
-        folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
-        metrics = sorted({m for s in self.sites for m in s.aggregates})
-        stats = ("mean", "std", "min", "max", "p50", "p90", "p99")
-        written = []
-        path = os.path.join(folder, "sites.csv")
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "site", "call", "module_type", "kind", "dtype_ref", "dtype_cand", "records",
-                        "errors", "tolerance", "over_tolerance", "decided_by"]
-                       + [f"{m}_{s}" for m in metrics for s in stats])
-            for s in self.sites:
-                w.writerow([s.index, s.site, s.call, s.module_type, s.kind, s.dtype_ref, s.dtype_cand,
-                            len(s.records), s.errors, s.tolerance, int(s.over_tolerance), s.decided_by or ""]
-                           + [_cell((s.aggregates.get(m) or {}).get(st)) for m in metrics for st in stats])
-        written.append(path)
-        rec_metrics = sorted({m for s in self.sites for r in s.records for m in r.metrics})
-        path = os.path.join(folder, "records.csv")
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "site", "key", "rank", "sample", "step", "kind", "status", "numel", "excluded",
-                        "over_tolerance", "error"] + rec_metrics)
-            for s in self.sites:
-                for r in s.records:
-                    w.writerow([s.index, s.name, r.key, r.rank, r.sample, r.step, r.kind, r.status, r.numel,
-                                r.excluded, int(r.over_tolerance), r.error or ""]
-                               + [_cell(r.metrics.get(m)) for m in rec_metrics])
-        written.append(path)
-        path = os.path.join(folder, "logits.csv")
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            names = sorted({m for ls in self.logits for r in ls.records for m in r.means})
-            w.writerow(["site", "key", "rank", "sample", "step", "tokens", "scored"] + [f"{m}_mean" for m in names])
-            for ls in self.logits:
-                for r in ls.records:
-                    w.writerow([ls.site, r.key, r.rank, r.sample, r.step, r.tokens, r.scored]
-                               + [_cell(r.means.get(m)) for m in names])
-        written.append(path)
-        path = os.path.join(folder, "unmatched.csv")
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["side", "key"])
-            for side in ("reference_only", "candidate_only"):
-                for key in self.unmatched.get(side, []):
-                    w.writerow([side.split("_")[0], key])
-        written.append(path)
-        return written
-
-
-def _cell(v):
-    return "" if v is None else repr(float(v)) if isinstance(v, float) else v
 
 
 def _logit_site_dict(ls: LogitSiteResult, tokens: bool) -> dict:
@@ -291,11 +237,67 @@ def _plain(obj):
     return obj
 
 
-def read_report(path: str | os.PathLike) -> dict:
+def _known(cls, values: dict) -> dict:
+    """The entries of ``values`` that are fields of dataclass ``cls`` (a newer MINOR's extra keys are ignored)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+#: what a record of a hand-written or older report may leave out
+_RECORD_DEFAULTS = {"sample": 0, "step": 0, "rank": 0, "seq": 0, "kind": "full", "status": "ok", "dtype_ref": "",
+                    "dtype_cand": "", "shape_ref": [], "shape_cand": []}
+_SITE_DEFAULTS = {"call": 0, "module_type": "", "kind": "full", "dtype_ref": "", "dtype_cand": "", "tolerance": None}
+
+
+def _site_from_dict(s: dict, index: int) -> SiteResult:
+    records = [RecordResult(**_known(RecordResult, {**_RECORD_DEFAULTS, **r, "metrics": dict(r.get("metrics") or {})}))
+               for r in s.get("records") or []]
+    site = SiteResult(**_known(SiteResult, {**_SITE_DEFAULTS, "index": index, **s, "records": records}))
+    if "judged_by" not in s:  # before schema 1.2 the decision was not stored: judged now, by tolerance as then
+        from .judge import judge_record, judge_site
+        decisions = [judge_record(r.metrics, status=r.status, key=r.key, tolerance=site.tolerance or 0.0,
+                                  stats_only=r.kind == "stats-only" or ("rel_l2" not in r.metrics
+                                                                      and "stats_rel_l2" in r.metrics))
+                     for r in records]
+        decision = judge_site(decisions, "tolerance")
+        if decision.over or not s.get("over_tolerance"):  # else: records filtered to other metrics, keep the flag
+            site.set_decision(decision)
+            for r, d in zip(records, decisions):
+                r.over_tolerance, r.decided_by = d.over, d.metric
+    return site
+
+
+def _logit_site_from_dict(ls: dict) -> LogitSiteResult:
+    records = []
+    for r in ls.get("records") or []:
+        per = {k: np.asarray(v, dtype=np.float64) for k, v in (r.get("per_token") or {}).items()}
+        mask = r.get("scored_mask")
+        records.append(LogitRecordResult(**_known(LogitRecordResult, {
+            **_RECORD_DEFAULTS, "tokens": 0, "scored": 0, **r, "per_token": per,
+            "scored_mask": np.asarray(mask, dtype=bool) if mask is not None else None})))
+    return LogitSiteResult(**_known(LogitSiteResult, {**ls, "records": records}))
+
+
+def report_from_dict(doc: dict) -> Report:
+    """The Report of a JSON document (REPORT_SCHEMA.md), of this schema or an older MINOR: sites judged before
+    schema 1.2 get the judge's decision, and a report without localization (1.0) is localized from its records
+    (without worst elements, which need the dumps)."""
+    report = Report(**_known(Report, {
+        "reference": {}, "candidate": {}, **doc,
+        "sites": [_site_from_dict(s, i) for i, s in enumerate(doc.get("sites") or [])],
+        "logits": [_logit_site_from_dict(ls) for ls in doc.get("logits") or []]}))
+    if report.localization is None:
+        from .localize import first_divergence_summary, localize
+        report.localization = localize(report)
+        report.first_divergence = first_divergence_summary(report.localization["first_divergence"])
+    return report
+
+
+def read_report(path: str | os.PathLike) -> Report:
     """Read a report written by ``Report.write_json`` and check its schema version.
 
     Returns:
-        The report as a dict (the REPORT_SCHEMA.md layout; ``inf``/``nan`` come back as floats).
+        The Report (``report_from_dict``; ``inf``/``nan`` come back as floats).
 
     Raises:
         ReportError: missing, not JSON, not a tensorparity report, or a schema MAJOR version this reader does not
@@ -319,83 +321,4 @@ def read_report(path: str | os.PathLike) -> dict:
         raise ReportError(f"report schema version {version or '(none)'} is not supported (this reader knows "
                           f"{SCHEMA_VERSION.split('.')[0]}.x)", path,
                           "upgrade tensorparity, or compare the dumps again with this version")
-    return doc
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
-        return str(v)
-    return f"{v:.1e}"
-
-
-def _gain_value(g) -> str:
-    return "inf (error from exact inputs)" if g is not None and math.isinf(g) else f"{g:.3g}"
-
-
-def _gain_text(g) -> str:
-    return "" if g is None else "  gain=inf" if math.isinf(g) else f"  gain={g:.3g}"
-
-
-def summary_lines(report: Report) -> list[str]:
-    """The terminal summary: one grep-able line per site over tolerance or in error (execution order), then totals.
-
-    ``FAIL  #41 model.layers.3.mlp:out  rel_l2=3.1e-02 > 1.0e-02  cos=0.9991``
-    """
-    lines = []
-    th = report.thresholds
-    gains = {e["site"]: e.get("gain") for e in (report.localization or {}).get("curve", [])}
-    for s in report.sites:
-        if s.over_tolerance and s.judged_by != "thresholds":  # thresholded sites: check_lines below
-            metric = s.decided_by or "rel_l2"
-            # by tolerance: the site's worst value; by floor: the deciding record's excess over the floor
-            value = s.value if s.judged_by == "floor" else s.worst.get(metric, s.value)
-            limit = s.limit if s.limit is not None else s.tolerance
-            if metric == "cosine":
-                test = f"cos={value:.6g} < {limit:.6g}" if value is not None else "cos=nan"
-            else:
-                test = f"{metric}={_fmt(value)} > {_fmt(limit)}"
-            if s.judged_by == "floor":
-                test += " over the floor"
-            extra = f"  cos={s.worst['cosine']:.4f}" if metric != "cosine" and s.worst.get("cosine") is not None \
-                else ""
-            kind = "  (stats-only)" if s.kind == "stats-only" else ""
-            lines.append(f"FAIL  #{s.index} {s.name}  {test}{extra}{kind}{_gain_text(gains.get(s.name))}")
-        if s.errors:
-            err = next(r.error for r in s.records if r.error)
-            lines.append(f"ERROR #{s.index} {s.name}  {err}")
-    if th is not None:
-        from .threshold_check import check_lines
-        lines.extend(line + (_gain_text(gains.get(line.split()[2])) if line.startswith("FAIL  #") else "")
-                     for line in check_lines(th))
-    t = report.totals
-    lines.append(f"sites: {t.get('sites', 0)} compared, {t.get('over_tolerance', 0)} over tolerance, "
-                 f"{t.get('error_records', 0)} records in error; unmatched: "
-                 f"{len(report.unmatched.get('reference_only', []))} only in reference, "
-                 f"{len(report.unmatched.get('candidate_only', []))} only in candidate")
-    outputs = t.get("module_outputs") or {}
-    if outputs.get("paired", 0) < outputs.get("reference", 0):  # across backends: how much of the model pairs
-        lines.append(f"module outputs paired: {outputs['paired']} of {outputs['reference']} modules of the "
-                     f"reference ({100 * outputs['paired'] / outputs['reference']:.0f}%)")
-    for ls in report.logits:
-        st = ls.statistics
-        if not st:
-            continue
-        text = f"logits {ls.site}: {st.get('n', 0)} tokens, KL mean {_fmt(st['kl']['mean'])}, " \
-               f"top-1 agree {100 * st['same_top_p']['value']:.2f}%"
-        ppl = ls.perplexity
-        if ppl.get("reference") and ppl.get("candidate"):
-            text += f", PPL ref {ppl['reference']['ppl']:.4g} cand {ppl['candidate']['ppl']:.4g}"
-        lines.append(text)
-    fd = report.first_divergence
-    if fd:
-        lines.append(f"first divergence: #{fd['index']} {fd['site']} ({fd['metric']}={_fmt(fd['value'])})"
-                     f"{_gain_text(fd.get('gain'))}")
-    ranking = (report.localization or {}).get("gain_ranking") or []
-    if ranking and report.verdict != "pass":
-        g = ranking[0]
-        lines.append(f"top error gain: {g['module']} (gain {_gain_value(g['gain'])}: input error "
-                     f"{_fmt(g['in_error'])}, output error {_fmt(g['out_error'])})")
-    lines.append(f"verdict: {report.verdict}")
-    return lines
+    return report_from_dict(doc)

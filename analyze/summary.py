@@ -1,5 +1,5 @@
-"""Summary statistics: aggregation across samples and steps (METRICS.md section 5) and the llama.cpp
-``perplexity --kl-divergence`` statistic block over tokens (METRICS.md section 3)."""
+"""Summary statistics: aggregation across samples and steps (docs/METRICS.md section 5) and the llama.cpp
+``perplexity --kl-divergence`` statistic block over tokens (docs/METRICS.md section 3)."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ DELTA_P_PERCENTILES = (("max", 100.0), ("p99.9", 99.9), ("p99", 99.0), ("p95", 9
 
 
 def aggregate(values) -> dict:
-    """Aggregate one metric's values over samples/steps (METRICS.md section 5).
+    """Aggregate one metric's values over samples/steps (docs/METRICS.md section 5).
 
     ``mean``/``std`` (population) use the finite values only; when every value is +inf they are +inf and 0 (likewise
     -inf); ``min``/``max``/percentiles include infinities (winml-cli's convention). ``None`` and NaN values are
@@ -54,7 +54,7 @@ def aggregate(values) -> dict:
 
 
 def _percentile_linear(ordered: np.ndarray, q: float) -> float:
-    """Percentile ``q`` of sorted values by linear interpolation at ``q/100 * (n-1)`` (METRICS.md section 3).
+    """Percentile ``q`` of sorted values by linear interpolation at ``q/100 * (n-1)`` (docs/METRICS.md section 5).
 
     Equals ``np.percentile(x, q)`` bit for bit on finite values (it mirrors numpy's ``_lerp``, including its
     ``t >= 0.5`` branch) without its per-call overhead. Next to an infinity it gives the limit, where numpy's lerp
@@ -96,7 +96,7 @@ def _percentiles(x: np.ndarray, table) -> dict:
 
 
 def llama_kl_statistics(nll_ref, nll_cand, kl, delta_p, top1_agree) -> dict:
-    """The llama.cpp ``perplexity --kl-divergence`` statistic block over n scored tokens (METRICS.md section 3).
+    """The llama.cpp ``perplexity --kl-divergence`` statistic block over n scored tokens (docs/METRICS.md section 3).
 
     Args:
         nll_ref, nll_cand: per-token negative log-likelihoods of the true next token (natural log), or None

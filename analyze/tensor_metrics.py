@@ -1,4 +1,4 @@
-"""Tensor metrics of METRICS.md section 1, computed in one streaming pass over paired blocks.
+"""Tensor metrics of docs/METRICS.md section 1, computed in one streaming pass over paired blocks.
 
 Every metric of a record comes out of a single pass: each paired block is upcast to float64 once, ``d = a - b`` is
 formed once, and the per-row dot products (a·b, a·a, b·b) give both ``cos_rows`` and the global sums. Memory is
@@ -214,7 +214,7 @@ class TensorMetricAccumulator:
         self.rows_cos_min = min(self.rows_cos_min, float(cos.min()))
 
     def result(self) -> MetricValues:
-        """The metrics of everything added so far (METRICS.md section 1, with its edge cases). Changes nothing: it
+        """The metrics of everything added so far (docs/METRICS.md section 1, with its edge cases). Changes nothing: it
         may be called again, and more blocks may follow."""
         if self.numel == 0:
             return MetricValues("empty", {m: None for m in TENSOR_METRICS}, 0, 0)

@@ -9,7 +9,7 @@ import numpy as np
 from protocol.errors import ReportError
 
 from .judge import DIRECTIONS, Decision, judge_record, judge_site, limit_ratio
-from .localize import _get, report_sites
+from .localize import report_sites
 from .thresholds import (DEFAULT_MAX_FAILURE_RATE, MAX_LISTED_TOKENS, MAX_WORST_SITES, as_thresholds,
                          logit_token_values)
 
@@ -48,7 +48,7 @@ def _token_ids(inputs, sample: int, step: int, position: int) -> tuple:
 
 def _check_logits(ls, limits: dict, max_failure_rate: float, inputs, report_path) -> list:
     out = []
-    site = _get(ls, "site")
+    site = ls.site
     for metric, entry in limits.items():
         got = logit_token_values(ls, metric)
         if got is None:
@@ -81,8 +81,8 @@ def apply_thresholds(report, thresholds, *, max_failure_rate: float = DEFAULT_MA
     """Judge a report against thresholds.
 
     Args:
-        report: a Report (in memory, with per-token logit values) or a report dict (``read_report``; its logit
-            records need ``per_token`` values, i.e. written with ``--tokens``, when a logits site is thresholded).
+        report: a Report (from compare, or ``read_report``: then its logit records need ``per_token`` values,
+            i.e. written with ``--tokens``, when a logits site is thresholded).
         thresholds: a Thresholds, a thresholds document, or a path.
         max_failure_rate: the allowed share of tokens over a logit limit (0.01 = 1%).
         inputs: the InputSet, to name the token ids of failing tokens (optional).
@@ -117,8 +117,8 @@ def apply_thresholds(report, thresholds, *, max_failure_rate: float = DEFAULT_MA
     worst = sorted(ranked, key=lambda r: (-(-1.0 if math.isnan(r["ratio"]) else r["ratio"]), r["index"]))
     logits = []
     seen_logits = set()
-    for ls in _get(report, "logits") or []:
-        site = _get(ls, "site")
+    for ls in report.logits:
+        site = ls.site
         seen_logits.add(site)
         if site in th.logits:
             logits.extend(_check_logits(ls, th.logits[site], max_failure_rate, inputs, report_path))
@@ -129,42 +129,6 @@ def apply_thresholds(report, thresholds, *, max_failure_rate: float = DEFAULT_MA
             "sites_checked": len(site_results), "sites_failed": len(failures), "failures": failures,
             "worst_sites": worst[:MAX_WORST_SITES], "unthresholded": unthresholded, "missing": missing,
             "logits": logits, "site_results": site_results}
-
-
-def check_lines(result: dict) -> list[str]:
-    """Terminal lines of a threshold check: one per failing site and logit metric, then a verdict line."""
-    lines = []
-    for f in result["failures"]:
-        lines.append(f"FAIL  #{f['index']} {f['site']}  {_test_text(f)}  ({f['records_failed']}/{f['records']} "
-                     "records)")
-    for lg in result["logits"]:
-        state = "FAIL" if not lg["passed"] else "ok  "
-        lines.append(f"{state}  logits {lg['site']} {lg['metric']}: {lg['failed_tokens']}/{lg['tokens']} tokens over "
-                     f"{lg['limit']:.3g} = {100 * lg['failure_rate']:.2f}% (allowed "
-                     f"{100 * lg['max_failure_rate']:.2f}%)")
-        for t in lg["failing_tokens"][:5] if not lg["passed"] else []:
-            lines.append(f"        sample {t['sample']} step {t['step']} position {t['position']} token "
-                         f"{t['token'] if t['token'] is not None else '?'}: {t['value']:.4g}")
-    if result["worst_sites"]:
-        w = result["worst_sites"][0]
-        lines.append(f"worst site: #{w['index']} {w['site']} {w['metric']} at {_ratio_text(w['ratio'])} of its limit")
-    lines.append(f"thresholds: {result['sites_checked']} sites checked, {result['sites_failed']} failed, "
-                 f"{len(result['unthresholded'])} without threshold; "
-                 f"{'passed' if result['passed'] else 'FAILED'}")
-    return lines
-
-
-def _ratio_text(r) -> str:
-    return "inf" if r is None or math.isinf(r) else f"{r:.3g}x"
-
-
-def _test_text(f: dict) -> str:
-    if f["metric"] == "error":
-        return "record could not be compared"
-    op = "<" if f["direction"] == "min" else ">"
-    value = f"{f['value']:.6g}" if f["direction"] == "min" else f"{f['value']:.1e}"
-    limit = f"{f['limit']:.6g}" if f["direction"] == "min" else f"{f['limit']:.1e}"
-    return f"{f['metric']}={value} {op} {limit} (threshold)"
 
 
 def check_report_file(report_path, thresholds, *, max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE) -> dict:
@@ -181,16 +145,16 @@ def check_report_file(report_path, thresholds, *, max_failure_rate: float = DEFA
 
     from .report import read_report
     th = as_thresholds(thresholds)  # a bad thresholds file fails first, before the report is read
-    doc = read_report(report_path)
+    report = read_report(report_path)
     inputs = None
-    path = (doc.get("inputs") or {}).get("path")
+    path = (report.inputs or {}).get("path")
     if path and os.path.isfile(path):
         try:
             inputs = read_input_set(path)
         except ParityError:  # token ids are a convenience: the check does not need them
             inputs = None
-    result = apply_thresholds(doc, th, max_failure_rate=max_failure_rate, inputs=inputs,
+    result = apply_thresholds(report, th, max_failure_rate=max_failure_rate, inputs=inputs,
                               report_path=os.fspath(report_path))
-    if doc.get("errors"):
+    if report.errors:
         result["passed"] = False
     return result

@@ -1,4 +1,5 @@
-"""Thresholds calibrated from baseline reports, and their application (ARCHITECTURE.md section 6).
+"""Thresholds calibrated from baseline reports, and their application (docs/ARCHITECTURE.md section 6,
+docs/METRICS.md sections 6.4-6.5).
 
 **Build** (``build_thresholds``): from one or more baseline reports (e.g. CPU fp32 vs GPU fp16 at several batch sizes
 and sequence lengths), per site and metric: a statistic (``mean``, ``max``, ``p99``, ``p99.9``) over every baseline
@@ -38,9 +39,9 @@ import numpy as np
 from protocol import atomic_write_json
 from protocol.errors import ReportError, ThresholdFileError
 
-from .localize import _get, report_sites
-from .report import read_report
 from .judge import DIRECTIONS
+from .localize import report_sites
+from .report import read_report
 
 THRESHOLDS_KIND = "tensorparity.thresholds"
 THRESHOLDS_VERSION = "1.0"
@@ -162,7 +163,7 @@ def build_thresholds(reports, *, stat: str = DEFAULT_STATISTIC, margin: float = 
             "sites": sites, "logits": logits}
 
 
-def _load(report) -> tuple[dict, dict]:
+def _load(report) -> tuple:
     if isinstance(report, (str, os.PathLike)):
         path = os.fspath(report)
         doc = read_report(path)
@@ -170,28 +171,27 @@ def _load(report) -> tuple[dict, dict]:
             sha = hashlib.sha256(fh.read()).hexdigest()
         source_path = os.path.abspath(path)
     else:
-        doc = report if isinstance(report, dict) else report.to_dict(tokens=True)
-        sha, source_path = None, None
+        doc, sha, source_path = report, None, None
     side = lambda d: {k: (d or {}).get(k) for k in ("label", "device", "dtype", "run_id")}  # noqa: E731
-    return doc, {"path": source_path, "sha256": sha, "reference": side(doc.get("reference")),
-                 "candidate": side(doc.get("candidate")), "created": doc.get("created")}
+    return doc, {"path": source_path, "sha256": sha, "reference": side(doc.reference),
+                 "candidate": side(doc.candidate), "created": doc.created}
 
 
 def _selected_tokens(rec, metric: str):
     """A logit record's per-token values of ``metric`` over its scored rows (every row when none is scored), or
     None when the record does not carry per-token values."""
-    per = _get(rec, "per_token") or {}
+    per = rec.per_token or {}
     if metric not in per:
         return None
     vals = np.asarray(per[metric], dtype=np.float64)
-    mask = _get(rec, "scored_mask")
+    mask = rec.scored_mask
     return vals, (np.asarray(mask, dtype=bool) if mask is not None else np.zeros(vals.size, bool))
 
 
 def logit_token_values(ls, metric: str):
     """Per-token values of one logits site and metric, with (sample, step, rank, position) of each; None when a
     record lacks per-token values."""
-    recs = _get(ls, "records") or []
+    recs = ls.records
     got = [(r, _selected_tokens(r, metric)) for r in recs]
     if not got or any(g is None for _, g in got):
         return None
@@ -201,15 +201,15 @@ def logit_token_values(ls, metric: str):
         use = mask if any_scored else np.ones(v.size, bool)
         pos = np.nonzero(use)[0]
         vals.append(v[pos])
-        where.extend((_get(r, "sample", 0), _get(r, "step", 0), _get(r, "rank", 0), int(p)) for p in pos)
+        where.extend((r.sample, r.step, r.rank, int(p)) for p in pos)
     return np.concatenate(vals) if vals else np.empty(0), where
 
 
 def _logit_thresholds(docs, sources, metrics, percentile, margin) -> dict:
     pooled: dict = {}
     for doc, src in zip(docs, sources):
-        for ls in doc.get("logits") or []:
-            site = ls["site"]
+        for ls in doc.logits:
+            site = ls.site
             for m in metrics:
                 got = logit_token_values(ls, m)
                 slot = pooled.setdefault(site, {}).setdefault(m, {"tokens": [], "aggregates": []})
@@ -218,7 +218,7 @@ def _logit_thresholds(docs, sources, metrics, percentile, margin) -> dict:
                     slot["tokens"].append(vals[~np.isnan(vals)])
                     continue
                 key = {50.0: "p50", 90.0: "p90", 99.0: "p99"}.get(float(percentile))
-                agg = (ls.get("aggregates") or {}).get(m) or {}
+                agg = (ls.aggregates or {}).get(m) or {}
                 if key is None or agg.get(key) is None:
                     raise ReportError(f"the logits of site {site} carry no per-token {m} values and no p"
                                       f"{percentile:g} aggregate", src.get("path"),

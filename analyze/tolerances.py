@@ -1,4 +1,4 @@
-"""Default tolerances when no thresholds are given (METRICS.md section 6); judge.py applies them.
+"""Default tolerances when no thresholds are given (docs/METRICS.md section 6); judge.py applies them.
 
 A site diverges when ``rel_l2 > tol`` or ``cosine < 1 - tol``, where ``tol`` belongs to the lower-precision side's
 dtype. Statistics-only records use ``stats_rel_l2 > tol`` (a lower bound of ``rel_l2``, so a flag is never false).

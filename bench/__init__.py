@@ -1,5 +1,5 @@
 """Benchmarks (not tests): each ``bench/<name>.py`` with a ``main()`` prints its figures as ratios against a baseline
-run in the same process and appends JSON lines to ``bench/results.jsonl`` (see PERFORMANCE.md).
+run in the same process and appends JSON lines to ``bench/results.jsonl`` (see docs/PERFORMANCE.md).
 
 ``python -m bench`` runs them all in name order; ``python -m bench NAME...`` runs the named ones.
 """

@@ -1,4 +1,4 @@
-"""Capture overhead of the torch hooks (PERFORMANCE.md P1, P2; issue 3).
+"""Capture overhead of the torch hooks (docs/PERFORMANCE.md P1, P2; issue 3).
 
 A random Llama big enough to matter on CPU (default hidden 512, 8 layers, sequence 512, vocabulary 4096) runs:
 

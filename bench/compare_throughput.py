@@ -1,4 +1,4 @@
-"""P3 and P5 (PERFORMANCE.md): all tensor metrics of a dump pair read from disk, and peak memory.
+"""P3 and P5 (docs/PERFORMANCE.md): all tensor metrics of a dump pair read from disk, and peak memory.
 
 P3: ``analyze.compare`` on a dump pair (default 2 x 512 MiB of float32 in 8 records per side; reads come from the
 page cache since the files were just written) against (a) a plain numpy implementation that reads each record

@@ -1,4 +1,4 @@
-"""The machine's physical limits, measured on the spot, to quote beside every figure (PERFORMANCE.md).
+"""The machine's physical limits, measured on the spot, to quote beside every figure (docs/PERFORMANCE.md).
 
 - ``disk_write_os``: sequential ``os.write`` of 16 MiB blocks then ``fsync`` (the disk and the page cache).
 - ``disk_write_h5py``: the raw h5py baseline: one chunked dataset per array, flush, close, fsync (what P2 and the

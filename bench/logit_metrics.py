@@ -1,4 +1,4 @@
-"""P4 (PERFORMANCE.md): every logit metric of METRICS.md sections 2-3 for 1024 tokens x 128,256 vocabulary.
+"""P4 (docs/PERFORMANCE.md): every logit metric of docs/METRICS.md sections 2-3 for 1024 tokens x 128,256 vocabulary.
 
 Ours: ``analyze.logit_metrics.token_metrics`` (every per-token metric in float64) plus the llama.cpp statistic
 block. Baseline, same run, same float32 logits: the Model-Optimizer KL toolkit's computation (torch float32

@@ -1,4 +1,4 @@
-"""Dump write/read throughput against raw h5py on the same arrays (issue 2; PERFORMANCE.md).
+"""Dump write/read throughput against raw h5py on the same arrays (issue 2; docs/PERFORMANCE.md).
 
 Writes N float32 arrays (default 64 x 16 MB = 1 GiB) through ``DumpWriter`` and through plain h5py (same chunking,
 same filter, same fsync at close), uncompressed and with lz4 (hdf5plugin), once with the writer computing the

@@ -1,4 +1,4 @@
-"""Watcher latency and catch-up (PERFORMANCE.md P6).
+"""Watcher latency and catch-up (docs/PERFORMANCE.md P6).
 
 Figures:
 - ``latency_inotify`` / ``latency_polling``: a real ``parity watch`` process follows a shared folder; for each of

@@ -6,8 +6,8 @@ As aiu-fms-testing-utils' test_decoders does, per (model, batch size, sequence l
    later runs reuse it (checked against the input set's sha256 and the number of steps);
 2. the candidate generates greedily; if its tokens equal the reference's, the case passes;
 3. otherwise the candidate is run again teacher-forced with the reference's tokens, and the top-k metrics
-   ``fms_ce`` and ``fms_diff_mean`` (METRICS.md section 2) of every generated token are judged against their limits
-   as a failure rate (the share of tokens over the limit, allowed: ``failure_threshold``, 1% by default), through
+   ``fms_ce`` and ``fms_diff_mean`` (docs/METRICS.md section 2.1) of every generated token are judged against their
+   limits as a failure rate (the share of tokens over the limit, allowed: ``failure_threshold``, 1% by default), through
    analyze.compare's thresholds.
 
 Only the last position of the logits is kept at every step (``slice:-2:-1``), so each generation step contributes

@@ -18,8 +18,8 @@ import numpy as np
 from protocol.errors import ParityError
 
 from analyze.compare import compare
-from analyze.html_report import write_html
-from analyze.report import summary_lines
+from analyze.render.html import write_html
+from analyze.render.text import summary_lines
 
 DEFAULT_OUT = "demo-out"
 DEMO_TEXT = "data/apache-2.0.txt"  # inside the capture package

@@ -4,7 +4,7 @@ on random inputs drawn from the ONNX I/O spec, per output, winml-cli's 5 metrics
 The inputs are drawn once (capture.random_inputs) and written as an input set; the ONNX model's graph outputs are
 captured with ONNX Runtime (no injection) and the Hugging Face model on CPU in float32 (the reference) with a hook
 on its root module; analyze.compare pairs the outputs by name (``:out.<name>``) on their intersection, and its
-per-site aggregates (METRICS.md section 5, winml-cli's conventions for infinities) give, per output,
+per-site aggregates (docs/METRICS.md section 5, winml-cli's conventions for infinities) give, per output,
 ``{sqnr,psnr,cosine,mse,max_abs_diff}_{mean,std,min,max}``.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from protocol import ParityError, open_dump
 
 log = logging.getLogger(__name__)
 
-#: winml-cli's metric names -> analyze's metric names (METRICS.md section 1).
+#: winml-cli's metric names -> analyze's metric names (docs/METRICS.md section 1).
 EVAL_METRICS = {"sqnr": "sqnr_db", "psnr": "psnr_db", "cosine": "cosine", "mse": "mse",
                 "max_abs_diff": "max_abs_diff"}
 EVAL_STATISTICS = ("mean", "std", "min", "max")

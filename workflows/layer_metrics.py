@@ -159,7 +159,7 @@ def generate_layers_metrics(opts: LayerMetricsOptions) -> list[dict]:
 
 def layer_values(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The users' two per-layer series, in float64: ``|a - b|`` per element, and the cosine of each row (last
-    dimension; METRICS.md's conventions: two zero rows 1.0, one zero row 0.0)."""
+    dimension; docs/METRICS.md section 1.3: two zero rows 1.0, one zero row 0.0)."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     abs_diff = np.abs(a64 - b64).reshape(-1)
     last = a64.shape[-1] if a64.ndim else 1

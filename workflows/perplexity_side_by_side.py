@@ -4,7 +4,7 @@
 The corpus is tokenized once into strided windows (Hugging Face's "perplexity of fixed-length models" rule: each
 token scored once, the mean weighted by tokens; capture.text_inputs), both models are captured over that one input
 set, and analyze.compare's logit block gives both perplexities, the ratio exp(mean(nll_cand - nll_ref)) and its
-standard error from the paired per-token NLLs (llama.cpp's formula, METRICS.md section 3).
+standard error from the paired per-token NLLs (llama.cpp's formula, docs/METRICS.md section 3).
 """
 from __future__ import annotations
 

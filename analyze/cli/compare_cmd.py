@@ -50,7 +50,7 @@ def _tolerances(ctx, param, value):
 @click.option("--logits-site", default=None, callback=check_regex, metavar="REGEX",
               help="Sites holding logits (default: the model output ':out.logits').")
 @click.option("--tolerance", "tolerances", multiple=True, callback=_tolerances, metavar="DTYPE=TOL",
-              help="Override a default tolerance (METRICS.md section 6), e.g. float32=1e-4.")
+              help="Override a default tolerance (docs/METRICS.md section 6), e.g. float32=1e-4.")
 @click.option("--tokens", is_flag=True, help="Include per-token logit metrics in the JSON report.")
 @click.option("--thresholds", "thresholds_path", type=click.Path(dir_okay=False), default=None,
               help="Judge sites and logit failure rates against this thresholds file (parity thresholds build).")
@@ -78,7 +78,7 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
       parity compare dumps/cpu-fp32.h5 dumps/gpu-fp16.h5 --thresholds th.json --html report.html
     """
     from analyze.compare import compare
-    from analyze.report import summary_lines
+    from analyze.render.text import summary_lines
 
     ref, cand = _split_sides(dumps)
     report = compare(ref if len(ref) > 1 else ref[0], cand if len(cand) > 1 else cand[0], inputs=inputs,
@@ -92,10 +92,11 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
         report.write_json(output, tokens=tokens)
         click.echo(f"report: {output}")
     if csv_dir:
-        report.write_csv(csv_dir)
+        from analyze.render.tables import write_csv
+        write_csv(report, csv_dir)
         click.echo(f"csv: {csv_dir}")
     if html_path:
-        from analyze.html_report import write_html
+        from analyze.render.html import write_html
         write_html(report, html_path)
         click.echo(f"html: {html_path}")
     raise SystemExit(report.exit_code)

@@ -1,4 +1,4 @@
-"""``parity report REPORT.json --html out.html``: render a saved comparison report (analyze.html_report)."""
+"""``parity report REPORT.json --html out.html``: render a saved comparison report (analyze/render/html.py)."""
 from __future__ import annotations
 
 import click
@@ -19,7 +19,7 @@ def report_cmd(report, html_path) -> None:
     Example:
       parity report report.json --html report.html
     """
-    from analyze.html_report import write_report_html
+    from analyze.render.html import write_report_html
 
     verdict = write_report_html(report, html_path)
     click.echo(f"verdict: {verdict}")

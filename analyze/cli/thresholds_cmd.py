@@ -70,9 +70,10 @@ def check_cmd(report, thresholds_path, max_failure_rate) -> None:
     Example:
       parity thresholds check report.json --thresholds th.json --max-failure-rate 0.01
     """
-    from analyze.threshold_check import check_lines, check_report_file
+    from analyze.render.text import threshold_lines
+    from analyze.threshold_check import check_report_file
 
     result = check_report_file(report, thresholds_path, max_failure_rate=max_failure_rate)
-    for line in check_lines(result):
+    for line in threshold_lines(result):
         click.echo(line)
     raise SystemExit(0 if result["passed"] else 1)

@@ -1,4 +1,5 @@
-"""Independent, plainly written float64 implementations of METRICS.md, for the tests only (no analyze imports)."""
+"""Independent, plainly written float64 implementations of docs/METRICS.md sections 1-2, for the tests only (no
+analyze imports)."""
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import analyze
+from analyze.render.tables import write_csv
 from analyze.report import read_report
 from protocol import compute_stats
 from protocol.errors import InputSetMismatchError, PairingError, ReportError
@@ -176,11 +177,12 @@ def test_report_json_csv_and_schema_version(tmp_path, input_set):
     rep = analyze.compare(ref, cand, inputs=path)
     out = tmp_path / "r.json"
     rep.write_json(out)
-    doc = read_report(out)
-    assert doc["schema_version"] == analyze.SCHEMA_VERSION and doc["verdict"] == "diverged"
-    assert doc["sites"][0]["records"][0]["metrics"]["sqnr_db"] == rep.sites[0].records[0].metrics["sqnr_db"]
-    assert "per_token" not in doc["logits"][0]["records"][0]
-    files = rep.write_csv(tmp_path / "csv")
+    back = read_report(out)  # the model again, equal to the one written
+    assert back.schema_version == analyze.SCHEMA_VERSION and back.verdict == "diverged"
+    assert back.to_dict() == json.loads(out.read_text())
+    assert back.sites[0].records[0].metrics["sqnr_db"] == rep.sites[0].records[0].metrics["sqnr_db"]
+    assert "per_token" not in json.loads(out.read_text())["logits"][0]["records"][0]
+    files = write_csv(rep, tmp_path / "csv")
     with open(files[0], newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["site"] for r in rows] == ["model.layers.0:out", "model.layers.1:out", ":out.logits"]

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import analyze
 from analyze.cli.main import cli
 from workflows.demo import plant_fault
-from analyze.html_report import render_html, write_html
+from analyze.render.html import render_html, write_html
 
 from .conftest import write_dump
 from .torch_dumps import capture, input_set

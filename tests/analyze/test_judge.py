@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import analyze
 from analyze.cli.main import cli
 from analyze.judge import Decision, judge_record, judge_site
-from analyze.report import summary_lines
+from analyze.render.tables import write_csv
+from analyze.render.text import summary_lines
 
 from .torch_dumps import capture, input_set
 
@@ -39,7 +40,7 @@ def _everything_agrees(report, csv_folder):
     over = [s.name for s in report.sites if s.over_tolerance]
     assert _fail_sites(summary_lines(report)) == over
     assert report.totals["over_tolerance"] == len(over)
-    report.write_csv(str(csv_folder))
+    write_csv(report, str(csv_folder))
     with open(csv_folder / "sites.csv", newline="") as fh:
         assert [r["site"] + (f"#{r['call']}" if r["call"] != "0" else "") for r in csv.DictReader(fh)
                 if r["over_tolerance"] == "1"] == over
@@ -86,6 +87,11 @@ def test_the_judge_rules():
     assert judge_record({"rel_l2": 0.0, "nan_mismatch": 3}, tolerance=tol).metric == "nan_mismatch"
     assert judge_record({"rel_l2": math.nan}, tolerance=tol).over
     assert judge_record({"stats_rel_l2": 3e-5}, stats_only=True, tolerance=tol).metric == "stats_rel_l2"
+    one_nan = judge_record({"stats_rel_l2": 1e-9, "nan_count_diff": 1}, stats_only=True, tolerance=1e-2)
+    assert one_nan.over and one_nan.metric == "nan_count_diff"
+    # an empty tensor: nothing to judge, by tolerance and by thresholds alike
+    assert not judge_record({"rel_l2": None, "cosine": None}, status="empty", tolerance=tol).over
+    assert not judge_record({"rel_l2": None}, status="empty", limits={"rel_l2": {"limit": 1e-3}}).over
     # a record that could not be compared is an error, never a numeric divergence
     err = judge_record({}, status="error", tolerance=tol)
     assert not err.over and err.metric == "error"

@@ -11,6 +11,8 @@ import pytest
 import analyze
 from workflows.demo import plant_fault
 from analyze.localize import error_gains, localize, report_sites
+from analyze.render.text import summary_lines
+from analyze.report import Report
 from protocol import open_dump
 
 from .torch_dumps import capture, input_set
@@ -63,7 +65,7 @@ def test_planted_fault_is_first_divergence_and_top_gain(family, module, request,
     assert loc["neighbours"]["before"] == names[max(0, i - 3):i]
     assert loc["neighbours"]["after"] == names[i + 1:i + 4]
     # the terminal summary names it
-    lines = analyze.report.summary_lines(report)
+    lines = summary_lines(report)
     assert any(line.startswith(f"first divergence: #{i} {module}:out") for line in lines)
     assert any(line.startswith(f"top error gain: {module} (gain inf") for line in lines)
 
@@ -136,6 +138,7 @@ def test_degenerate_gains():
         _site(7, "e:in.args.0", [1e-3, 1e-3]), _site(8, "e:out", [2e-3, 1e-3]),   # finite: 2
         _site(9, ":in.kwargs.input_ids", [0.0, 0.0]), _site(10, ":out.logits", [0.1, 0.1]),  # root: infinite, later
     ]}
+    doc = Report.from_dict(doc)
     ranking, other = error_gains(report_sites(doc))
     assert [g["module"] for g in ranking] == ["b", "<root>", "d", "e"]
     assert ranking[0]["infinite"] and math.isinf(ranking[0]["gain"]) and ranking[0]["key"] == "s0/t0/b:out#0"

@@ -1,4 +1,4 @@
-"""Logit metrics (METRICS.md section 2) against reference_impl.logit_reference, row by row; every test runs with
+"""Logit metrics (docs/METRICS.md section 2) against reference_impl.logit_reference, row by row; every test runs with
 the compiled sums (analyze/logit_kernels.py, numba) and with numpy alone."""
 from __future__ import annotations
 

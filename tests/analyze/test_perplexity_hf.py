@@ -1,4 +1,4 @@
-"""Strided-window perplexity (METRICS.md section 4) against a direct computation with transformers' loss."""
+"""Strided-window perplexity (docs/METRICS.md section 4) against a direct computation with transformers' loss."""
 from __future__ import annotations
 
 import math

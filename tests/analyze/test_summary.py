@@ -1,4 +1,5 @@
-"""Aggregation (METRICS.md section 5) and the llama.cpp statistic block (section 3) on hand-checked examples."""
+"""Aggregation (docs/METRICS.md section 5) and the llama.cpp statistic block (docs/METRICS.md section 3) on
+hand-checked examples."""
 from __future__ import annotations
 
 import math
@@ -84,7 +85,8 @@ def test_percentiles_equal_numpy_linear_bit_for_bit_on_finite_values():
     ([math.inf, math.inf], {"p50": math.inf, "mean": math.inf, "std": 0.0}),
 ], ids=["finite-then-inf", "one-and-inf", "minus-inf-first", "two-minus-inf", "all-inf"])
 def test_percentiles_next_to_infinities_take_the_limit(values, expected):
-    # numpy's own lerp gives NaN here (inf * 0); METRICS.md keeps infinities in percentiles, so the limit is right
+    # numpy's own lerp gives NaN here (inf * 0); docs/METRICS.md section 5 keeps infinities in percentiles, so the
+    # limit is right
     out = aggregate(values)
     for key, want in expected.items():
         assert out[key] == want, (key, out[key], want)

@@ -1,4 +1,4 @@
-"""Tensor metrics (METRICS.md section 1) against the plain float64 implementation in reference_impl.py."""
+"""Tensor metrics (docs/METRICS.md section 1) against the plain float64 implementation in reference_impl.py."""
 from __future__ import annotations
 
 import math

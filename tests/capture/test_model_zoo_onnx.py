@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 import analyze
 from analyze.cli.main import cli
-from analyze.html_report import render_html
-from analyze.report import summary_lines
+from analyze.render.html import render_html
+from analyze.render.text import summary_lines
 from capture.base import CaptureOptions
 from capture.onnx_backend import OnnxBackend
 from capture.torch_backend import TorchBackend

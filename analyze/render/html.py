@@ -14,7 +14,8 @@ import math
 import os
 from importlib import resources
 
-from .localize import localize
+from ..localize import localize
+from ..report import read_report
 
 MAX_TABLE_ROWS = 25
 MAX_UNMATCHED = 200
@@ -274,12 +275,9 @@ el.setAttribute('data-rendered','1');})();"""
 
 
 def render_html(report) -> str:
-    """The HTML page of a Report or a report dict (``read_report``), as one self-contained string.
-
-    A report without a localization block (schema 1.0) is localized here from its per-record values (without
-    worst elements, which need the dumps)."""
-    doc = report if isinstance(report, dict) else report.to_dict()
-    loc = doc.get("localization") or localize(doc)
+    """The HTML page of a Report (from compare, or ``read_report``), as one self-contained string."""
+    doc = report.to_dict()
+    loc = doc.get("localization") or localize(report)
     title = f"tensorparity: {(doc.get('reference') or {}).get('label')} vs {(doc.get('candidate') or {}).get('label')}"
     warnings = "".join(f"<li>{_e(w)}</li>" for w in doc.get("warnings") or [])
     body = [f"<h1>{_e(title)}</h1><p class=dim>report schema {_e(doc.get('schema_version'))}, created "
@@ -294,7 +292,7 @@ def render_html(report) -> str:
 
 
 def write_html(report, path: str | os.PathLike) -> str:
-    """Write the HTML page of a Report or report dict to ``path`` (atomically); returns the path."""
+    """Write the HTML page of a Report to ``path`` (atomically); returns the path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -311,7 +309,6 @@ def write_report_html(report_path: str | os.PathLike, path: str | os.PathLike) -
     Raises:
         ReportError: a missing or unreadable report, or another schema MAJOR version.
     """
-    from .report import read_report
-    doc = read_report(report_path)
-    write_html(doc, path)
-    return str(doc.get("verdict"))
+    report = read_report(report_path)
+    write_html(report, path)
+    return report.verdict

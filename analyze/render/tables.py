@@ -1,0 +1,76 @@
+"""CSV tables of a report: one file per table, named ``<stem><table>.csv`` (REPORT_SCHEMA.md, "CSV")."""
+from __future__ import annotations
+
+import csv
+import os
+
+from ..report import Report
+
+
+def table_file(table: str, stem: str | None = None) -> str:
+    """A table's file name: ``<table>.csv``, or with a stem ``<stem>.csv`` for the sites table and
+    ``<stem>.<table>.csv`` for the others (the shared folder's reports: SPEC.md section 13.3)."""
+    if stem is None:
+        return f"{table}.csv"
+    return f"{stem}.csv" if table == "sites" else f"{stem}.{table}.csv"
+
+
+def write_csv(report: Report, folder: str | os.PathLike, *, stem: str | None = None) -> list[str]:
+    """Write the tables ``sites`` (one row per site: aggregates and the judge's decision), ``records`` (one row
+    per record and metric values), ``logits`` (one row per logit record) and ``unmatched`` into ``folder``, named
+    by ``table_file``.
+
+    Returns:
+        The files written.
+    """
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    metrics = sorted({m for s in report.sites for m in s.aggregates})
+    stats = ("mean", "std", "min", "max", "p50", "p90", "p99")
+    written = []
+    path = os.path.join(folder, table_file("sites", stem))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "site", "call", "module_type", "kind", "dtype_ref", "dtype_cand", "records",
+                    "errors", "tolerance", "over_tolerance", "decided_by"]
+                   + [f"{m}_{s}" for m in metrics for s in stats])
+        for s in report.sites:
+            w.writerow([s.index, s.site, s.call, s.module_type, s.kind, s.dtype_ref, s.dtype_cand,
+                        len(s.records), s.errors, s.tolerance, int(s.over_tolerance), s.decided_by or ""]
+                       + [_cell((s.aggregates.get(m) or {}).get(st)) for m in metrics for st in stats])
+    written.append(path)
+    rec_metrics = sorted({m for s in report.sites for r in s.records for m in r.metrics})
+    path = os.path.join(folder, table_file("records", stem))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "site", "key", "rank", "sample", "step", "kind", "status", "numel", "excluded",
+                    "over_tolerance", "error"] + rec_metrics)
+        for s in report.sites:
+            for r in s.records:
+                w.writerow([s.index, s.name, r.key, r.rank, r.sample, r.step, r.kind, r.status, r.numel,
+                            r.excluded, int(r.over_tolerance), r.error or ""]
+                           + [_cell(r.metrics.get(m)) for m in rec_metrics])
+    written.append(path)
+    path = os.path.join(folder, table_file("logits", stem))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        names = sorted({m for ls in report.logits for r in ls.records for m in r.means})
+        w.writerow(["site", "key", "rank", "sample", "step", "tokens", "scored"] + [f"{m}_mean" for m in names])
+        for ls in report.logits:
+            for r in ls.records:
+                w.writerow([ls.site, r.key, r.rank, r.sample, r.step, r.tokens, r.scored]
+                           + [_cell(r.means.get(m)) for m in names])
+    written.append(path)
+    path = os.path.join(folder, table_file("unmatched", stem))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["side", "key"])
+        for side in ("reference_only", "candidate_only"):
+            for key in report.unmatched.get(side, []):
+                w.writerow([side.split("_")[0], key])
+    written.append(path)
+    return written
+
+
+def _cell(v):
+    return "" if v is None else repr(float(v)) if isinstance(v, float) else v
