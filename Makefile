@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LOCK := requirements/test.txt
 
-.PHONY: test test-latest test-oldest demo bench bench-gpu venv lock clean-venv chromium
+.PHONY: test test-latest test-oldest demo bench bench-gpu venv lock clean-venv chromium system-packages
 
 venv: $(STAMP)
 
@@ -19,15 +19,22 @@ $(STAMP): $(LOCK) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP) chromium
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
-# The HTML report is tested in a real headless browser: Debian's chromium (a downloaded browser does not run here).
-# Idempotent: installs only when no chromium is on the PATH (sudo when not root).
+# Debian packages the tests use: chromium (the HTML report is tested in a real headless browser; a downloaded
+# browser does not run here), and fusefat, dosfstools and fuse (a real FAT filesystem, which has no hard links, for
+# the shared folder's refusal tests). Idempotent: installs only the commands missing from the PATH (sudo when not
+# root); apt-get update runs only when something is missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+SYSTEM_PACKAGES := chromium:chromium fusefat:fusefat mkfs.vfat:dosfstools fusermount:fuse
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v "$${pair%%:*}" >/dev/null 2>&1 || \
+		PATH="$$PATH:/sbin:/usr/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+
+chromium: system-packages
 
 # The main job on a built-in tiny Llama, offline: reports go to a new folder under demo-out/.
 demo: $(STAMP)
@@ -46,7 +53,7 @@ lock:
 # admit (what a user who installs today gets), torch included: a CUDA build of ~5.5 GB where pip finds one (on
 # these machines pip caps torch at the 2.14.1 that lies on disk). `pip freeze` of the run is kept in the venv.
 LATEST_VENV := .venv-latest
-test-latest: chromium
+test-latest: system-packages
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -57,7 +64,7 @@ test-latest: chromium
 # For maintainers, not CI: the whole suite with every direct dependency at the lower bound of its range in setup.cfg
 # (requirements/oldest.txt pins them; tests/test_packaging.py keeps the two equal), so the bounds are tested ones.
 OLDEST_VENV := .venv-oldest
-test-oldest: chromium
+test-oldest: system-packages
 	rm -rf $(OLDEST_VENV)
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip

@@ -7,9 +7,10 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from protocol import JobError, SharedFolder, parse_dump_name
-from protocol.jobs import read_claim, read_job, seconds_since, stale_reason
+from protocol.claims import ClaimSite, read_current_claim, stale_reason
+from protocol.jobs import read_job, seconds_since
 
-_ATTEMPT_RE = re.compile(r"\.attempt\d+$")  # claims kept aside by a takeover: <label>.attempt<n>.json
+_ATTEMPT_RE = re.compile(r"\.attempt\d+$")  # later attempts of a claim: <label>.attempt<n>.json
 
 
 @dataclass
@@ -105,15 +106,15 @@ def _run_status(folder: SharedFolder, run_id: str, timeout: float) -> RunStatus:
 
 def _fill_claim(folder: SharedFolder, run_id: str, entry: LabelStatus, timeout: float) -> None:
     try:
-        path = folder.claim_path(run_id, entry.label)
+        site = ClaimSite.capture(folder, run_id, entry.label)
     except JobError:
         return
-    if not os.path.exists(path):
-        return
     try:
-        claim = read_claim(path)
+        claim = read_current_claim(site)  # the latest attempt
     except JobError as exc:
         entry.claim, entry.error = "invalid", exc.message
+        return
+    if claim is None:
         return
     entry.claim = "stale" if claim.status == "running" and stale_reason(claim, timeout) else claim.status
     entry.attempt, entry.error = claim.attempt, claim.error

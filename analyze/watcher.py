@@ -2,20 +2,27 @@
 
 Design (ARCHITECTURE.md section 3):
 - Its state is what is on disk. A pair is done when ``ROOT/reports/<run>/<ref>__vs__<cand>.json`` exists (the CSV
-  and HTML are written first, the JSON last and atomically); a dump that cannot be used has
-  ``<label>.error.json``. So a restarted watcher re-analyses exactly the pairs that have no JSON report yet.
+  and HTML are moved into place first, the JSON last); a dump that cannot be used has ``<label>.error.json``. So a
+  restarted watcher re-analyses exactly the pairs that have no JSON report yet.
+- Several watchers may run on one ROOT: a pair is analysed only under its lease (analyze/watch_leases.py), which
+  one watcher holds at a time and which is taken over when its watcher stops heartbeating; a pair another live
+  watcher holds is looked at again after a heartbeat interval. Leftovers of killed watchers (scratch folders,
+  leases of finished pairs, temporary files) are removed at start.
+- At start the shared folder is probed (protocol/fsprobe.py): a folder without exclusive creation, hard links or
+  atomic renames is refused.
 - Events only mark a run "dirty"; a debounced scan of the dirty runs decides the work. Start-up marks every run
   dirty (the catch-up). A watchdog Observer (inotify) watches dumps/ and jobs/; ``polling`` uses the
   PollingObserver for network filesystems, where inotify sees no remote writes.
 - Only final dump names count (``<label>.h5``, ``<label>.rank<r>.h5``); partial and work files never match them.
-- Pairs run in a bounded pool of worker processes (forkserver or spawn: the observer runs threads, so no fork).
-  A dump is opened read-only and is never deleted or rewritten.
+- Pairs run in a bounded pool of worker processes (forkserver or spawn: the observer runs threads, so no fork); a
+  lease is taken when its pair is handed to the pool, never more than twice the workers ahead, so that a second
+  watcher gets a share of the work. A dump is opened read-only and is never deleted or rewritten.
 - One log line per report: verdict and first divergent site.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime as _dt
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -29,17 +36,19 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from protocol import JobError, ParityError, SharedFolder, atomic_write_json, open_dump, parse_dump_name
-from protocol.jobs import read_job
+from protocol import JobError, ParityError, SharedFolder, parse_dump_name
+from protocol.claims import Claim, holds, new_agent_identity, update_claim
+from protocol.fsprobe import probe_folder
+from protocol.jobs import utc_now
 
-from .compare import compare
-from .html_report import write_html
 from .thresholds import as_thresholds
+from .watch_leases import acquire_lease, lease_site, pair_done, release_lease, sweep_leftovers
+from .watch_pairs import ERROR_FORMAT, ERROR_FORMAT_VERSION, PairTask, analyze_pair, describe_divergence, plan_run
 
 log = logging.getLogger(__name__)
 
-ERROR_FORMAT = "tensorparity.watch-error"
-ERROR_FORMAT_VERSION = "1.0"
+__all__ = ["ERROR_FORMAT", "ERROR_FORMAT_VERSION", "PairTask", "WatchSettings", "Watcher", "analyze_pair",
+           "describe_divergence", "plan_run"]
 
 
 @dataclass
@@ -54,6 +63,8 @@ class WatchSettings:
         debounce: seconds to gather events before scanning the runs they touched.
         poll_interval: seconds between the polling observer's scans.
         once: catch up, wait for the analyses, and return (no observer).
+        heartbeat_timeout: a pair's lease whose heartbeat is older than this is taken over (another watcher died).
+        heartbeat_interval: seconds between heartbeats (default: a quarter of the timeout, at most 10 s).
     """
 
     root: str
@@ -63,129 +74,8 @@ class WatchSettings:
     debounce: float = 0.25
     poll_interval: float = 1.0
     once: bool = False
-
-
-@dataclass(frozen=True)
-class PairTask:
-    """One analysis: a candidate dump against its run's reference dump (paths absolute)."""
-
-    run_id: str
-    reference: str
-    candidate: str
-    ref_path: str
-    cand_path: str
-    report_base: str
-    inputs_path: str | None
-    thresholds: str | None
-
-
-def plan_run(folder: SharedFolder, run_id: str, default_thresholds: str | None = None) -> list[PairTask]:
-    """The pairs of a run that still need a report, from what is on disk.
-
-    Raises:
-        JobError: the run has no readable job (its reference is unknown).
-    """
-    job = read_job(folder.job_path(run_id))
-    dump_dir = os.path.join(folder.sub("dumps"), run_id)
-    try:
-        names = os.listdir(dump_dir)
-    except FileNotFoundError:
-        return []
-    dumps: dict[tuple[str, int | None], str] = {}
-    for name in names:
-        parsed = parse_dump_name(name)
-        if parsed is not None and os.path.isfile(os.path.join(dump_dir, name)):
-            dumps[parsed] = os.path.join(dump_dir, name)
-    thresholds = default_thresholds
-    if job.thresholds:
-        thresholds = job.check_files(folder)["thresholds"]
-    inputs = folder.input_path(job.inputs)
-    tasks = []
-    for (label, rank), cand_path in sorted(dumps.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-        ref_path = dumps.get((job.reference, rank))
-        if label == job.reference or ref_path is None:
-            continue
-        suffix = f".rank{rank}" if rank is not None else ""
-        if any(os.path.exists(folder.error_report_path(run_id, lab + suffix)) for lab in (job.reference, label)):
-            continue
-        base = folder.pair_report_base(run_id, job.reference + suffix, label + suffix)
-        if os.path.exists(base + ".json"):
-            continue
-        tasks.append(PairTask(run_id, job.reference + suffix, label + suffix, ref_path, cand_path, base,
-                              inputs if os.path.isfile(inputs) else None, thresholds))
-    return tasks
-
-
-def write_error_report(folder: SharedFolder, run_id: str, label: str, dump_path: str, exc: ParityError,
-                       reference: str | None = None) -> str:
-    """Write ``<label>.error.json`` once (an existing one is kept). Returns its path."""
-    path = folder.error_report_path(run_id, label)
-    if not os.path.exists(path):
-        atomic_write_json(path, {
-            "format": ERROR_FORMAT, "format_version": ERROR_FORMAT_VERSION, "run_id": run_id, "label": label,
-            "dump": os.path.relpath(dump_path, folder.root), "reference": reference,
-            "error_type": type(exc).__name__, "error": exc.message,
-            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    return path
-
-
-def analyze_pair(root: str, task: PairTask) -> dict:
-    """Compare one pair and write its reports (CSV, HTML, then the JSON atomically). Runs in a worker process.
-
-    A dump that cannot be opened gets ``<label>.error.json``; a pair that cannot be compared (different input
-    sets, nothing in common) gets ``<candidate>.error.json`` naming the reference.
-
-    Returns:
-        ``{"kind": "report", "verdict", "first", "path"}`` or ``{"kind": "error", "label", "message", "path"}``.
-    """
-    folder = SharedFolder(root)
-    for label, path in ((task.reference, task.ref_path), (task.candidate, task.cand_path)):
-        try:
-            open_dump(path).close()
-        except ParityError as exc:
-            return {"kind": "error", "label": label, "message": exc.message,
-                    "path": write_error_report(folder, task.run_id, label, path, exc)}
-    kwargs = {"inputs": task.inputs_path}
-    if task.thresholds:
-        kwargs["thresholds"] = task.thresholds
-    try:
-        report = compare(task.ref_path, task.cand_path, **kwargs)
-    except ParityError as exc:
-        return {"kind": "error", "label": task.candidate, "message": exc.message,
-                "path": write_error_report(folder, task.run_id, task.candidate, task.cand_path, exc, task.reference)}
-    os.makedirs(os.path.dirname(task.report_base), exist_ok=True)
-    _write_csv_files(report, task.report_base)
-    write_html(report, task.report_base + ".html")
-    final = task.report_base + ".json"
-    report.write_json(final)  # last, and atomic: its presence means the pair is done
-    return {"kind": "report", "verdict": report.verdict, "first": describe_divergence(report.first_divergence),
-            "path": final}
-
-
-def _write_csv_files(report, base: str) -> None:
-    """Write the report's CSV tables as ``<base>.csv`` (per site) and ``<base>.<table>.csv`` (records, logits,
-    unmatched): Report.write_csv writes fixed names into a folder, so write them into a private folder first."""
-    scratch = os.path.join(os.path.dirname(base), f".{os.path.basename(base)}.csv.{os.getpid()}")
-    os.makedirs(scratch, exist_ok=True)
-    try:
-        for path in report.write_csv(scratch):
-            table = os.path.basename(path)[:-len(".csv")]
-            os.replace(path, f"{base}.csv" if table == "sites" else f"{base}.{table}.csv")
-    finally:
-        for name in os.listdir(scratch):
-            os.unlink(os.path.join(scratch, name))
-        os.rmdir(scratch)
-
-
-def describe_divergence(first) -> str:
-    """A short text for a report's first divergence (a site name, or ``none``)."""
-    if first is None:
-        return "none"
-    for attr in ("site", "key", "name"):
-        value = getattr(first, attr, None) if not isinstance(first, dict) else first.get(attr)
-        if value:
-            return str(value)
-    return str(first)
+    heartbeat_timeout: float = 120.0
+    heartbeat_interval: float | None = None
 
 
 def _worker_init() -> None:
@@ -220,25 +110,39 @@ class Watcher:
             raise JobError("shared folder not found", settings.root, "create it, or mount it on this host")
         if settings.thresholds and not os.path.isfile(settings.thresholds):
             raise JobError("thresholds file not found", settings.thresholds)
+        self.folder_report = probe_folder(settings.root)  # before anything is written: refuse an unfit folder
         self.settings = settings
         self.folder = SharedFolder(settings.root).ensure_layout()
         if settings.thresholds:
             as_thresholds(settings.thresholds)  # a bad file stops the watcher now, not in every analysis
+        self.identity = new_agent_identity()
         self.reports = self.errors = 0
         self._stop = threading.Event()
         self._dirty: "queue.Queue[str]" = queue.Queue()
+        self._pending: dict[str, PairTask] = {}  # report base -> planned pair, not yet handed to the pool
         self._in_flight: dict[str, tuple[cf.Future, PairTask]] = {}
+        self._leases: dict[str, Claim] = {}  # report base -> the lease this watcher holds on it
+        self._elsewhere: dict[str, float] = {}  # run id -> when to look again at pairs another watcher holds
         self._attempts: dict[str, int] = {}
         self._unpairable: dict[str, str] = {}  # run id -> last message logged about it
+        self._beat_interval = settings.heartbeat_interval or min(10.0, settings.heartbeat_timeout / 4)
+        self._next_beat = 0.0
 
     def stop(self, *_args) -> None:
         """Ask the watcher to stop (a signal handler, or from another thread)."""
         self._stop.set()
-        self._dirty.put("")  # wake the loop
+        # wake the loop from another thread: a signal handler runs in the main thread, which may hold the queue's
+        # lock right then (in get), and a put here would wait for it forever
+        threading.Thread(target=self._dirty.put, args=("",), daemon=True).start()
 
     def run(self) -> int:
         """Catch up, then follow events until stopped. Returns the number of reports written."""
         s = self.settings
+        removed = sweep_leftovers(self.folder, self.identity, s.heartbeat_timeout)
+        if removed:
+            log.info("removed %d leftover(s) of stopped watchers from %s", removed, self.folder.sub("reports"))
+        if self.folder_report.warning():
+            log.warning("%s", self.folder_report.warning())
         pool = self._new_pool()
         observer = None
         try:
@@ -249,31 +153,41 @@ class Watcher:
                 observer.schedule(handler, self.folder.sub("jobs"), recursive=False)
                 observer.start()
             runs = sorted(os.listdir(self.folder.sub("dumps")))
-            log.info("watching %s (%s, %d workers): catching up on %d run(s)", self.folder.root,
-                     "polling" if s.polling else "inotify", s.workers, len(runs))
-            self._schedule(pool, runs)
+            log.info("watching %s (%s, %s, %d workers): catching up on %d run(s)", self.folder.root,
+                     self.folder_report.filesystem, "polling" if s.polling else "inotify", s.workers, len(runs))
+            self._schedule(runs)
+            self._fill(pool)
             while not self._stop.is_set():
-                if s.once and not self._in_flight:
+                if s.once and not self._in_flight and not self._pending:
                     break
                 runs = self._gather(timeout=0.2 if self._in_flight else 1.0)
                 pool = self._reap(pool)
+                self._heartbeat()
+                runs |= self._due_elsewhere()
                 if runs:
-                    self._schedule(pool, runs)
+                    self._schedule(runs)
+                self._fill(pool)
         finally:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=10)
             pool.shutdown(wait=True, cancel_futures=True)
+            self._reap_finished()
+            self._release_all()
         log.info("watcher stopped: %d report(s), %d error report(s)", self.reports, self.errors)
         return self.reports
 
     def _gather(self, timeout: float) -> set[str]:
-        """Run ids marked dirty, waiting up to ``timeout`` for the first, then ``debounce`` for more."""
+        """Run ids marked dirty, waiting up to ``timeout`` for the first, then ``debounce`` for more. An empty
+        string (a finished analysis, a stop) wakes the loop at once."""
         runs: set[str] = set()
         try:
-            runs.add(self._dirty.get(timeout=timeout))
+            first = self._dirty.get(timeout=timeout)
         except queue.Empty:
             return runs
+        if not first:
+            return runs
+        runs.add(first)
         deadline = time.monotonic() + self.settings.debounce
         while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
             try:
@@ -283,8 +197,9 @@ class Watcher:
         runs.discard("")
         return runs
 
-    def _schedule(self, pool: cf.ProcessPoolExecutor, runs) -> None:
-        for run_id in runs:
+    def _schedule(self, runs) -> None:
+        """Plan the dirty runs: pairs without a report become pending."""
+        for run_id in sorted(runs):
             try:
                 tasks = plan_run(self.folder, run_id, self.settings.thresholds)
                 self._unpairable.pop(run_id, None)
@@ -295,7 +210,75 @@ class Watcher:
                 continue
             for task in tasks:
                 if task.report_base not in self._in_flight and self._attempts.get(task.report_base, 0) < 2:
-                    self._in_flight[task.report_base] = (pool.submit(analyze_pair, self.folder.root, task), task)
+                    self._pending.setdefault(task.report_base, task)
+
+    def _fill(self, pool: cf.ProcessPoolExecutor) -> None:
+        """Hand pending pairs to the pool, each under its lease, while fewer than twice the workers are in flight."""
+        limit = 2 * max(1, self.settings.workers)
+        while self._pending and len(self._in_flight) < limit and not self._stop.is_set():
+            base, task = next(iter(self._pending.items()))
+            del self._pending[base]
+            site = lease_site(self.folder, task.run_id, task.candidate)
+            lease = self._leases.get(base)
+            if lease is not None and not holds(site, lease):
+                del self._leases[base]  # taken over while this watcher was not looking
+                lease = None
+            if lease is None:
+                try:
+                    lease, holder = acquire_lease(site, self.identity, self.settings.heartbeat_timeout)
+                except OSError as exc:  # e.g. the report folder cannot be written: this pair waits for a rescan
+                    log.error("run %s: %s vs %s: cannot take its lease: %s", task.run_id, task.candidate,
+                              task.reference, exc)
+                    continue
+                if lease is None:
+                    if holder is not None:
+                        log.debug("run %s: %s vs %s is with the watcher %s", task.run_id, task.candidate,
+                                  task.reference, holder)
+                    self._elsewhere.setdefault(task.run_id, time.monotonic() + self._beat_interval)
+                    continue
+                self._leases[base] = lease
+                if lease.taken_over:
+                    log.warning("run %s: %s: took over the lease of attempt %d (%s)", task.run_id, task.candidate,
+                                lease.attempt - 1, lease.taken_over["reason"])
+            if pair_done(self.folder, task.run_id, task.reference, task.candidate):  # done meanwhile, elsewhere
+                self._release(base)
+                continue
+            task = dataclasses.replace(task, scratch=site.work_dir(lease))
+            future = pool.submit(analyze_pair, self.folder.root, task)
+            future.add_done_callback(lambda _f: self._dirty.put(""))  # wake the loop to reap it
+            self._in_flight[base] = (future, task)
+
+    def _due_elsewhere(self) -> set[str]:
+        """Runs with pairs another watcher held, due to be looked at again (their holder may have died)."""
+        now = time.monotonic()
+        due = {run_id for run_id, when in self._elsewhere.items() if when <= now}
+        for run_id in due:
+            del self._elsewhere[run_id]
+        return due
+
+    def _heartbeat(self) -> None:
+        """Refresh the heartbeat of every lease held, once per interval; forget the ones taken over."""
+        now = time.monotonic()
+        if now < self._next_beat:
+            return
+        self._next_beat = now + self._beat_interval
+        for base, lease in list(self._leases.items()):
+            site = lease_site(self.folder, lease.run_id, lease.label)
+            if not update_claim(site, lease, heartbeat=utc_now()):
+                del self._leases[base]
+                log.warning("run %s: %s: the lease was taken over by another watcher", lease.run_id, lease.label)
+
+    def _release(self, base: str) -> None:
+        lease = self._leases.pop(base, None)
+        if lease is None:
+            return
+        site = lease_site(self.folder, lease.run_id, lease.label)
+        if holds(site, lease):  # never remove a lease another watcher took over
+            release_lease(site, lease)
+
+    def _release_all(self) -> None:
+        for base in list(self._leases):
+            self._release(base)
 
     def _reap(self, pool: cf.ProcessPoolExecutor) -> cf.ProcessPoolExecutor:
         broken = False
@@ -310,23 +293,17 @@ class Watcher:
                 self._attempts[base] = self._attempts.get(base, 0) + 1
                 log.error("run %s: %s vs %s: a worker process died (attempt %d)", task.run_id, task.candidate,
                           task.reference, self._attempts[base])
-                self._dirty.put(task.run_id)
+                self._dirty.put(task.run_id)  # the lease is kept: the retry runs under it
                 continue
             except cf.CancelledError:
                 continue
             except Exception:  # a bug in the analysis: keep serving the other pairs; a restart retries it
                 self._attempts[base] = 2
+                self._release(base)
                 log.exception("run %s: %s vs %s: analysis failed", task.run_id, task.candidate, task.reference)
                 continue
-            if outcome["kind"] == "report":
-                self.reports += 1
-                log.info("run %s: %s vs %s: %s, first divergence: %s -> %s", task.run_id, task.candidate,
-                         task.reference, outcome["verdict"], outcome["first"],
-                         os.path.relpath(outcome["path"], self.folder.root))
-            else:
-                self.errors += 1
-                log.error("run %s: %s unusable: %s -> %s", task.run_id, outcome["label"], outcome["message"],
-                          os.path.relpath(outcome["path"], self.folder.root))
+            self._log_outcome(task, outcome)
+            self._release(base)  # unless taken over: then the lease is the new holder's and nothing is removed
         if broken:
             pool.shutdown(wait=False, cancel_futures=True)
             pool = self._new_pool()
@@ -335,9 +312,34 @@ class Watcher:
                 del self._in_flight[base]
         return pool
 
+    def _reap_finished(self) -> None:
+        """After the pool stopped: log (and count) the analyses that finished while the watcher was stopping."""
+        for base, (future, task) in list(self._in_flight.items()):
+            del self._in_flight[base]
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._log_outcome(task, future.result())
+                self._release(base)
+
+    def _log_outcome(self, task: PairTask, outcome: dict) -> None:
+        kind = outcome["kind"]
+        if kind == "report":
+            self.reports += 1
+            log.info("run %s: %s vs %s: %s, first divergence: %s -> %s", task.run_id, task.candidate,
+                     task.reference, outcome["verdict"], outcome["first"],
+                     os.path.relpath(outcome["path"], self.folder.root))
+        elif kind == "error":
+            self.errors += 1
+            log.error("run %s: %s unusable: %s -> %s", task.run_id, outcome["label"], outcome["message"],
+                      os.path.relpath(outcome["path"], self.folder.root))
+        elif kind == "lost":
+            log.warning("run %s: %s vs %s: the lease was taken over by another watcher; nothing published",
+                        task.run_id, task.candidate, task.reference)
+        else:
+            log.warning("run %s: %s vs %s: a report appeared meanwhile and is kept: %s", task.run_id, task.candidate,
+                        task.reference, os.path.relpath(outcome["path"], self.folder.root))
+
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         # forkserver/spawn, never fork: the observer's threads would be copied in an unknown state
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         return cf.ProcessPoolExecutor(max_workers=max(1, self.settings.workers),
                                       mp_context=multiprocessing.get_context(method), initializer=_worker_init)
-

@@ -1,12 +1,13 @@
 """The capture agent: runs on each hardware host, claims the jobs of a shared folder that name its label, captures.
 
-One agent runs one job at a time. For each job it claims (run, label) exclusively (protocol.jobs.try_claim), or
-takes over a stale claim (protocol.jobs.take_over), heartbeats from a thread while the capture runs, writes the dump
-under a name private to its attempt, publishes it as ``ROOT/dumps/<run>/<label>.h5`` (a hard link, which never
-replaces a file) only while it still owns the claim, and marks the claim done or failed with the error. It logs one
-line per job. A stop request (SIGTERM) abandons the running capture at once: its partial file is removed by the
-writer and the claim is marked failed with ``abandoned``, which any agent of the label (or this one, restarted)
-takes over.
+At start it probes the shared folder (protocol.fsprobe) and refuses one that lacks exclusive creation, hard links
+or atomic renames. One agent runs one job at a time. For each job it claims (run, label) exclusively
+(protocol.claims.try_claim), or takes over a stale claim (protocol.claims.take_over), heartbeats from a thread while
+the capture runs, writes the dump in its attempt's own work folder, publishes it as ``ROOT/dumps/<run>/<label>.h5``
+(a hard link, which never replaces a file; a takeover has moved the work folder aside, so a former owner's link
+fails), and marks its attempt done or failed with the error. It logs one line per job. A stop request (SIGTERM)
+abandons the running capture at once: its partial file is removed by the writer and the claim is marked failed with
+``abandoned``, which any agent of the label (or this one, restarted) takes over.
 
 Backends are imported lazily by name (``torch``, ``onnx``, ``genai``); a backend that is not installed or not built
 fails its job with a clear error instead of stopping the agent.
@@ -22,14 +23,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from protocol import (
-    CaptureError, JobError, ParityError, SharedFolder, check_name, read_input_set,
-    read_json,
+from protocol import CaptureError, JobError, ParityError, SharedFolder, check_name, read_input_set, read_json
+from protocol.claims import (
+    ABANDONED, Claim, ClaimSite, discard_work_dir, new_agent_identity, publish_work, read_current_claim,
+    stale_reason, take_over, try_claim, update_claim,
 )
-from protocol.jobs import (
-    ABANDONED, Claim, Job, new_agent_identity, read_claim, read_job, stale_reason, take_over, try_claim,
-    update_claim, utc_now, work_dump_name, write_job,
-)
+from protocol.fsprobe import probe_folder
+from protocol.jobs import Job, read_job, utc_now, write_job
 
 from .base import CaptureOptions
 from .policy import RecordPolicy
@@ -63,6 +63,9 @@ class _StopCheck:
     def advance(self, n: int = 1) -> None:
         if self._agent._abandon_signal is not None:
             raise AgentStopped(self._agent._abandon_signal)
+        beat = self._agent._beat
+        if beat is not None and beat.lost:  # taken over while paused: stop instead of finishing a doomed capture
+            raise CaptureError("the claim was taken over by another agent while this capture ran")
 
     def update(self, description: str) -> None:
         pass
@@ -98,17 +101,17 @@ class AgentSettings:
 
 
 class _Heartbeat(threading.Thread):
-    """Refreshes a claim's heartbeat until stopped; notices when the claim was taken over."""
+    """Refreshes a claim's heartbeat (in its own attempt's file) until stopped; notices when it was taken over."""
 
-    def __init__(self, folder: SharedFolder, claim: Claim, interval: float):
+    def __init__(self, site: ClaimSite, claim: Claim, interval: float):
         super().__init__(name=f"heartbeat-{claim.run_id}-{claim.label}", daemon=True)
-        self.folder, self.claim, self.interval = folder, claim, interval
+        self.site, self.claim, self.interval = site, claim, interval
         self.lost = False
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
-            if not update_claim(self.folder, self.claim, heartbeat=utc_now()):
+            if not update_claim(self.site, self.claim, heartbeat=utc_now()):
                 self.lost = True
                 return
 
@@ -129,6 +132,7 @@ class Agent:
         check_name(settings.label, "label")
         if not os.path.isdir(settings.root):
             raise JobError("shared folder not found", settings.root, "create it, or mount it on this host")
+        self.folder_report = probe_folder(settings.root)  # before anything is written: refuse an unfit folder
         self.settings = settings
         self.folder = SharedFolder(settings.root).ensure_layout()
         self.identity = new_agent_identity()
@@ -136,6 +140,7 @@ class Agent:
         self._stop = threading.Event()
         self._busy = False
         self._abandon_signal: int | None = None  # the stop signal that came while a capture ran
+        self._beat: _Heartbeat | None = None  # the running capture's heartbeat
         self._refused: dict[str, float] = {}  # job path -> mtime already reported as invalid
 
     # -- control -------------------------------------------------------------------------------------------------
@@ -154,8 +159,10 @@ class Agent:
 
     def run(self) -> int:
         """Process jobs until stopped (or, with ``once``, until nothing can be claimed). Returns the jobs done."""
-        log.info("agent %s on %s: label %s, shared folder %s", self.identity["id"], self.identity["host"],
-                 self.settings.label, self.folder.root)
+        log.info("agent %s on %s: label %s, shared folder %s (%s)", self.identity["id"], self.identity["host"],
+                 self.settings.label, self.folder.root, self.folder_report.filesystem)
+        if self.folder_report.warning():
+            log.warning("%s", self.folder_report.warning())
         try:
             while not self._stop.is_set():
                 worked = self.process_next()
@@ -197,17 +204,22 @@ class Agent:
         if job.mode == "teacher-forced" and label != job.reference and not os.path.exists(
                 self.folder.dump_path(job.run_id, job.reference)):
             return None  # it needs the reference's generated tokens: wait for the reference dump
-        path = self.folder.claim_path(job.run_id, label)
-        if not os.path.exists(path):
-            return try_claim(self.folder, job.run_id, label, self.identity)
+        site = ClaimSite.capture(self.folder, job.run_id, label)
         try:
-            seen = read_claim(path)
+            seen = read_current_claim(site)
         except JobError:
-            return None  # being replaced right now, or damaged: status shows it
+            return None  # damaged: status shows it
+        if seen is None:
+            return try_claim(site, self.identity)
         reason = stale_reason(seen, self.settings.heartbeat_timeout, self.identity)
         if reason is None:
             return None
-        claim = take_over(self.folder, seen, self.identity, reason)
+        try:
+            claim = take_over(site, seen, self.identity, reason)
+        except JobError as exc:  # the previous attempt's work folder cannot be moved aside: not taken over
+            log.error("job %s label %s: cannot take over attempt %d: %s", job.run_id, label, seen.attempt,
+                      exc.message)
+            return None
         if claim is not None:
             log.warning("job %s label %s: took over attempt %d (%s)", job.run_id, label, seen.attempt, reason)
         return claim
@@ -225,43 +237,43 @@ class Agent:
         try:
             data = read_json(path, "job")
             names_me = isinstance(data, dict) and self.settings.label in (data.get("labels") or [])
-            claim = try_claim(self.folder, run_id, self.settings.label, self.identity) if names_me else None
+            claim = try_claim(ClaimSite.capture(self.folder, run_id, self.settings.label), self.identity,
+                              failed=f"invalid job: {exc.message}") if names_me else None
         except (JobError, TypeError):
             claim = None
         if claim is None:
             log.error("job %s refused: %s", path, exc.message)
             return False
-        update_claim(self.folder, claim, status="failed", error=f"invalid job: {exc.message}", finished=utc_now())
         self.failed += 1
         log.error("job %s label %s: refused, not executed: %s", run_id, self.settings.label, exc.message)
         return True
 
     def _execute(self, job: Job, claim: Claim) -> None:
         start = time.perf_counter()
+        site = ClaimSite.capture(self.folder, job.run_id, claim.label)
         final = self.folder.dump_path(job.run_id, claim.label)
         rel = os.path.relpath(final, self.folder.root)
-        if os.path.exists(final):  # an earlier attempt published it and stopped before marking the claim done
-            update_claim(self.folder, claim, status="done", dump=rel, finished=utc_now(), heartbeat=utc_now())
+        if os.path.exists(final):  # an earlier attempt published it and stopped before marking its claim done
+            discard_work_dir(site, claim)
+            update_claim(site, claim, status="done", dump=rel, finished=utc_now(), heartbeat=utc_now())
             log.info("job %s label %s: done (dump was already published) %s", job.run_id, claim.label, rel)
             self.processed += 1
             return
         interval = self.settings.heartbeat_interval or min(10.0, self.settings.heartbeat_timeout / 4)
-        beat = _Heartbeat(self.folder, claim, interval)
+        beat = self._beat = _Heartbeat(site, claim, interval)
         beat.start()
-        work = os.path.join(os.path.dirname(final), work_dump_name(claim.label, claim.attempt))
+        work = os.path.join(site.work_dir(claim), os.path.basename(final))
         try:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
             self._busy = True
             try:
-                summary = self._capture(job, claim.label, work)
+                summary = self._capture(job, claim, work)
             finally:
                 self._busy = False
             beat.stop()
-            if beat.lost or not self._publish(work, final):
-                log.error("job %s label %s: claim was taken over by another agent; dump kept as %s",
-                          job.run_id, claim.label, work)
+            if beat.lost or not publish_work(site, claim, os.path.basename(final), final):
+                self._lost(job, site, claim)
                 return
-            update_claim(self.folder, claim, status="done", dump=rel, finished=utc_now(), heartbeat=utc_now())
+            update_claim(site, claim, status="done", dump=rel, finished=utc_now(), heartbeat=utc_now())
             self.processed += 1
             log.info("job %s label %s: done in %.1f s, %d records, %.1f MiB -> %s (attempt %d)", job.run_id,
                      claim.label, time.perf_counter() - start, summary.records, summary.bytes / 2**20, rel,
@@ -272,36 +284,51 @@ class Agent:
                 os.unlink(work + ".partial")
             except FileNotFoundError:
                 pass
-            update_claim(self.folder, claim, status="failed", error=ABANDONED, finished=utc_now())
+            discard_work_dir(site, claim)
+            update_claim(site, claim, status="failed", error=ABANDONED, finished=utc_now())
             log.warning("job %s label %s: abandoned (agent stopped); another agent or a restart resumes it",
                         job.run_id, claim.label)
             raise
         except ParityError as exc:
-            self._fail(job, claim, beat, exc.message, start)
+            self._fail(job, site, claim, beat, exc.message, start)
         except Exception as exc:  # a backend's bug or a model that cannot run: record it, keep serving
             log.debug("job %s label %s failed", job.run_id, claim.label, exc_info=True)
-            self._fail(job, claim, beat, f"{type(exc).__name__}: {exc}", start)
+            self._fail(job, site, claim, beat, f"{type(exc).__name__}: {exc}", start)
+        finally:
+            self._beat = None
 
-    def _fail(self, job: Job, claim: Claim, beat: _Heartbeat, message: str, start: float) -> None:
+    def _fail(self, job: Job, site: ClaimSite, claim: Claim, beat: _Heartbeat, message: str, start: float) -> None:
         beat.stop()
-        update_claim(self.folder, claim, status="failed", error=message, finished=utc_now())
+        if not os.path.isdir(site.work_dir(claim)):  # moved aside by a takeover: the failure is its consequence
+            self._lost(job, site, claim, message)
+            return
+        discard_work_dir(site, claim)  # only when empty: a finished capture that could not be published stays
+        if not update_claim(site, claim, status="failed", error=message, finished=utc_now()):
+            self._lost(job, site, claim, message)
+            return
         self.failed += 1
         log.error("job %s label %s: failed after %.1f s: %s", job.run_id, claim.label, time.perf_counter() - start,
                   message)
 
-    def _publish(self, work: str, final: str) -> bool:
-        """Link the finished work file to the dump's final name (never replacing one) and drop the work name."""
-        try:
-            os.link(work, final)
-        except FileExistsError:
-            raise CaptureError("a dump of this label exists already; this capture is kept aside", work) from None
-        os.unlink(work)
-        return True
+    def _lost(self, job: Job, site: ClaimSite, claim: Claim, message: str | None = None) -> None:
+        """The attempt cannot publish: it was taken over, or its work folder was moved aside."""
+        latest = site.latest_attempt()
+        if latest > claim.attempt:
+            log.error("job %s label %s: attempt %d was taken over by another agent (attempt %d); nothing published%s",
+                      job.run_id, claim.label, claim.attempt, latest, f" ({message})" if message else "")
+            return
+        # moved aside by an agent that stopped before it made the next attempt: give the claim up so that another
+        # agent (or this one) takes it over at once
+        update_claim(site, claim, status="failed", error=ABANDONED, finished=utc_now())
+        log.error("job %s label %s: attempt %d's work folder was moved aside by a takeover that did not finish; "
+                  "nothing published, claim given up%s", job.run_id, claim.label, claim.attempt,
+                  f" ({message})" if message else "")
 
     # -- the capture ---------------------------------------------------------------------------------------------
 
-    def _capture(self, job: Job, label: str, output: str):
-        """Run the job's capture for ``label`` into ``output`` with the backend the job and agent choose."""
+    def _capture(self, job: Job, claim: Claim, output: str):
+        """Run the job's capture for the claim's label into ``output`` with the backend the job and agent choose."""
+        label = claim.label
         s, target = self.settings, job.target(label)
         files = job.check_files(self.folder, label)
         try:
@@ -316,7 +343,9 @@ class Agent:
                 reference = self.folder.dump_path(job.run_id, job.reference)
         options = CaptureOptions(label=label, run_id=job.run_id, mode=mode, max_new_tokens=job.max_new_tokens,
                                  reference=reference, policy=policy,
-                                 compression=target.get("compression", s.compression))
+                                 compression=target.get("compression", s.compression),
+                                 extra={"claim": {"attempt": claim.attempt, "agent": claim.agent["id"],
+                                                  "host": claim.agent["host"]}})
         backend = load_backend(target.get("backend") or s.backend or job.backend,
                                files["model"] or files["model_id"], device=target.get("device", s.device),
                                dtype=target.get("dtype", s.dtype),

@@ -37,6 +37,7 @@ class CaptureOptions:
         check_perturbation: also run without capture and record whether the final outputs are bit-identical.
         rank, world_size: for multi-rank captures (one dump per rank).
         max_samples: capture only the first N samples of the input set.
+        extra: additions to the manifest's ``extra`` (the agent records there the claim that made the dump).
     """
 
     label: str = ""
@@ -51,6 +52,7 @@ class CaptureOptions:
     rank: int = 0
     world_size: int = 1
     max_samples: int | None = None
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class CaptureBackend(abc.ABC):
             dtype=described.get("dtype", ""), rank=options.rank, world_size=options.world_size,
             capture={"method": self.method, "mode": options.mode, "policy": options.policy.to_dict(),
                      "max_new_tokens": options.max_new_tokens, **described.get("capture", {})},
-            inputs_sha256=inputs.sha256)
+            inputs_sha256=inputs.sha256, extra=dict(options.extra))
         start = time.perf_counter()
         writer = DumpWriter(output, manifest, compression=options.compression)
         try:

@@ -10,10 +10,11 @@ from .dump_reader import DumpReader, block_slices, open_dump
 from .dump_writer import COMPRESSIONS, DumpWriter
 from .errors import (
     CaptureError, CorruptDumpError, IncompleteDumpError, InputSetMismatchError, JobError, NotAParityFileError,
-    PairingError, ParityError, ReportError, ThresholdFileError, UnsupportedVersionError,
+    PairingError, ParityError, ReportError, ThresholdFileError, UnsupportedFolderError, UnsupportedVersionError,
 )
 from .folder import (
-    SharedFolder, atomic_write_json, check_name, create_exclusive_json, parse_dump_name, read_json, resolve_inside,
+    SharedFolder, atomic_write_json, check_name, create_exclusive_json, link_no_replace, parse_dump_name, read_json,
+    resolve_inside, write_new_json,
 )
 from .inputs import InputSample, InputSet, input_set_sha256, read_input_set, write_input_set
 from .keys import RecordKey, make_site, split_site
@@ -29,8 +30,9 @@ __all__ = [
     "DumpWriter",
     "CaptureError", "CorruptDumpError", "IncompleteDumpError", "InputSetMismatchError", "JobError",
     "NotAParityFileError", "PairingError", "ParityError", "ReportError", "ThresholdFileError",
-    "UnsupportedVersionError", "SharedFolder", "atomic_write_json", "check_name", "create_exclusive_json",
-    "parse_dump_name", "read_json", "resolve_inside", "InputSample", "InputSet", "input_set_sha256",
+    "UnsupportedFolderError", "UnsupportedVersionError", "SharedFolder", "atomic_write_json", "check_name",
+    "create_exclusive_json", "link_no_replace", "parse_dump_name", "read_json", "resolve_inside", "write_new_json",
+    "InputSample", "InputSet", "input_set_sha256",
     "read_input_set", "write_input_set", "RecordKey", "make_site", "split_site", "CAPTURE_METHODS",
     "CAPTURE_MODES", "Manifest", "read_ahead", "RecordInfo", "StatsAccumulator", "TensorStats", "compute_stats",
     "ValidationResult", "validate", "DUMP_FORMAT", "FORMAT_VERSION", "INPUTS_FORMAT",

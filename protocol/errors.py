@@ -75,3 +75,8 @@ class JobError(ParityError):
 
 class ReportError(ParityError):
     """A report file that is missing, malformed, or of an unsupported schema version."""
+
+
+class UnsupportedFolderError(ParityError):
+    """A shared folder whose filesystem lacks an operation the shared-folder protocol relies on (exclusive
+    creation, hard links, atomic rename; SPEC.md section 13.4)."""

@@ -1,32 +1,42 @@
-"""The shared dump folder (SPEC.md section 11): layout, names, atomic JSON writes, exclusive claims.
+"""The shared dump folder (SPEC.md section 13): layout, names, atomic JSON writes, exclusive creation, hard links.
 
-    ROOT/inputs/<sha256>.h5            ROOT/jobs/<run_id>.json          ROOT/claims/<run_id>/<label>.json
+    ROOT/inputs/<sha256>.h5            ROOT/jobs/<run_id>.json
+    ROOT/claims/<run_id>/<label>.json  (and <label>.attempt<n>.json: protocol/claims.py)
     ROOT/dumps/<run_id>/<label>.h5     (one per rank: <label>.rank<r>.h5)
     ROOT/reports/<run_id>/<ref>__vs__<cand>.{json,csv,html}, <label>.error.json
+
+Temporary files are named ``.<name>.<host>.<pid>[.<hex>].tmp`` (``temp_name``), so that a later start can remove
+those of dead processes on its host (``remove_dead_temp_files``) without touching a live writer's.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import uuid
 
 from .errors import JobError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DUMP_NAME_RE = re.compile(r"^(?P<label>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:\.rank(?P<rank>\d+))?\.h5$")
+_ATTEMPT_END_RE = re.compile(r"\.attempt[0-9]+$")
 SUBDIRS = ("inputs", "jobs", "claims", "dumps", "reports")
 
 
 def check_name(name: str, what: str) -> str:
-    """Validate a run id or label: letters, digits, ``_ . -``, at most 128 characters, no ``..``.
+    """Validate a run id or label: letters, digits, ``_ . -``, at most 128 characters, no ``..``, and no ending that
+    names another file (``.h5``, ``.json``, or ``.attempt<n>``, which would be a later attempt of another claim).
 
     Raises:
         JobError: the name could escape its folder or is otherwise unusable as a file name.
     """
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name or name.endswith((".h5", ".json")):
+    if (not isinstance(name, str) or not NAME_RE.match(name) or ".." in name or name.endswith((".h5", ".json"))
+            or _ATTEMPT_END_RE.search(name)):
         raise JobError(f"invalid {what} {name!r}",
                        hint=f"a {what} is 1-128 letters, digits, '_', '.', '-', starts with a letter or digit, "
-                            "has no '..' and does not end in .h5 or .json")
+                            "has no '..' and does not end in .h5, .json or .attempt<n>")
     return name
 
 
@@ -106,45 +116,124 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, temp_name(path))
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, allow_nan=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        _dump(obj, fh)
     os.replace(tmp, path)
 
 
+def write_new_json(path: str | os.PathLike, obj) -> None:
+    """Create a JSON file that must not exist yet, in a folder that must exist (fsynced; no temporary file).
+
+    For files that no reader sees under this name (work and scratch files), and which must never bring a folder
+    back that a takeover moved away: nothing here creates a folder.
+
+    Raises:
+        FileExistsError: the file exists.
+        FileNotFoundError: its folder does not exist (any more).
+    """
+    with open(os.fspath(path), "x", encoding="utf-8") as fh:
+        _dump(obj, fh)
+
+
+def _dump(obj, fh) -> None:
+    json.dump(obj, fh, indent=2, sort_keys=True, allow_nan=True)
+    fh.write("\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def link_no_replace(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Give the file ``src`` the second name ``dst`` unless a file of that name exists: a hard link never replaces
+    a file, so of several processes linking to one name exactly one succeeds.
+
+    Returns:
+        True when ``dst`` is now ``src``; False when another file has that name.
+
+    Raises:
+        FileNotFoundError: ``src`` is gone (for a work file: moved aside by a takeover).
+        OSError: the filesystem has no hard links (the daemons refuse such a folder at start, protocol/fsprobe.py).
+    """
+    try:
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        # NFS: when the reply to a LINK is lost, the client retransmits it and the server answers EEXIST although
+        # the first one made the link (see open(2) on O_EXCL): the same file under both names means it is ours
+        try:
+            return os.path.samestat(os.stat(src), os.stat(dst))
+        except FileNotFoundError:
+            return False
+
+
 def create_exclusive_json(path: str | os.PathLike, obj) -> bool:
-    """Create a JSON file only if no file of that name exists (O_EXCL). Returns False when another got there first.
+    """Create a JSON file only if no file of that name exists. Returns False when another got there first.
 
     The document is written to a temporary file and hard-linked into place, so a reader never sees it half written.
+    Where there are no hard links (``parity submit`` on such a folder; the daemons refuse it), O_EXCL creation of
+    the final name is the fallback, which a reader may see half written.
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{id(obj)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = os.path.join(folder, temp_name(path, unique=True))
+    write_new_json(tmp, obj)
     try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
+        return link_no_replace(tmp, path)
+    except FileNotFoundError:
+        raise
     except OSError:  # no hard links here: fall back to O_EXCL creation of the final name
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            write_new_json(path, obj)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
         return True
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def temp_name(path: str | os.PathLike, *, unique: bool = False) -> str:
+    """The name of a temporary file for ``path``: ``.<name>.<host>.<pid>[.<hex>].tmp``, so that the clean-up of a
+    later start can tell the temporary files of dead processes on its host from those of live writers anywhere.
+
+    Args:
+        unique: add a random part (several writers of one name in one process).
+    """
+    extra = f".{uuid.uuid4().hex[:8]}" if unique else ""
+    return f".{os.path.basename(os.fspath(path))}.{socket.gethostname()}.{os.getpid()}{extra}.tmp"
+
+
+def remove_dead_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files (``temp_name``) in ``folder`` of processes on this host that are gone.
+
+    Returns:
+        The names removed.
+    """
+    removed = []
+    mine = re.compile(r"^\..+\." + re.escape(socket.gethostname()) + r"\.(?P<pid>[0-9]+)(?:\.[0-9a-f]{8})?\.tmp$")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        m = mine.match(name)
+        if m and not pid_alive(int(m.group("pid"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id exists on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def read_json(path: str | os.PathLike, what: str):

@@ -1,8 +1,8 @@
-"""Job and claim documents of the shared folder (SPEC.md section 13), and the claim protocol.
+"""Job documents of the shared folder (SPEC.md section 13.1), and the validation helpers that claims share.
 
-Both are plain JSON that a person may write or read by hand; both are validated strictly on every read, since a job
-decides what an agent executes. A document of another MAJOR version is refused. Within our MAJOR, an unknown key is
-refused when the document's MINOR is not newer than ours (it is a typo) and ignored when it is newer.
+Jobs and claims are plain JSON that a person may write or read by hand; both are validated strictly on every read,
+since a job decides what an agent executes. A document of another MAJOR version is refused. Within our MAJOR, an
+unknown key is refused when the document's MINOR is not newer than ours (it is a typo) and ignored when it is newer.
 
 Job, ``ROOT/jobs/<run_id>.json`` (written once by ``parity submit`` or by hand):
 
@@ -27,48 +27,24 @@ targets            ``{label: {key: value}}``: per-label overrides of the agent's
 thresholds         path of a thresholds file relative to ROOT, or null
 =================  ==========================================================================================
 
-Claim, ``ROOT/claims/<run_id>/<label>.json`` (created exclusively by the agent that captures; rewritten only by it):
-
-=================  ==========================================================================================
-format             ``"tensorparity.claim"``
-format_version     ``"1.0"``
-run_id, label      what is claimed
-status             ``"running"`` | ``"done"`` | ``"failed"``
-agent              ``{"host", "pid", "id"}`` of the owner (id: random per agent process)
-started            ISO 8601 UTC time the claim was made
-heartbeat          ISO 8601 UTC time of the owner's last sign of life (refreshed while running)
-finished           ISO 8601 UTC time of done/failed, else null
-error              the error message when failed (``"abandoned"`` when the agent was stopped), else null
-attempt            1 for the first claim; a takeover makes attempt n+1 and keeps attempt n as
-                   ``<label>.attempt<n>.json`` beside it
-dump               the dump's path relative to ROOT once done, else null
-taken_over         null, or ``{"previous_claim", "previous_agent", "reason", "stale_files"}`` after a takeover;
-                   stale_files lists what the previous attempt left, moved aside as ``*.stale-<n>`` (kept, never read)
-=================  ==========================================================================================
+Claims (who captures which label of a job) are in protocol/claims.py.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import re
-import socket
-import threading
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import JobError
-from .folder import SharedFolder, atomic_write_json, check_name, create_exclusive_json, read_json, resolve_inside
+from .folder import SharedFolder, check_name, create_exclusive_json, read_json, resolve_inside
 from .manifest import CAPTURE_MODES
 from .version import parse_version
 
 JOB_FORMAT = "tensorparity.job"
-CLAIM_FORMAT = "tensorparity.claim"
 JOBS_FORMAT_VERSION = "1.0"
-_MAJOR, _MINOR = parse_version(JOBS_FORMAT_VERSION)
 BACKENDS = ("torch", "onnx", "genai")
-CLAIM_STATES = ("running", "done", "failed")
 TARGET_KEYS = ("device", "dtype", "backend", "model", "attn_implementation", "compression", "provider")
-ABANDONED = "abandoned"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 
@@ -85,20 +61,23 @@ def seconds_since(stamp: str) -> float:
     return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
 
 
-def _check_version(data: dict, expected_format: str, what: str, path: str | None) -> bool:
-    """Check identity and version; returns True when the document is of a newer MINOR (unknown keys allowed)."""
+def _check_version(data: dict, expected_format: str, what: str, path: str | None,
+                   ours: str = JOBS_FORMAT_VERSION) -> bool:
+    """Check identity and version against ``ours``; returns True when the document is of a newer MINOR (unknown
+    keys allowed)."""
     if data.get("format") != expected_format:
         raise JobError(f"not a {what} (format is {data.get('format')!r}, expected {expected_format!r})", path)
+    our_major, our_minor = parse_version(ours)
     try:
         major, minor = parse_version(data.get("format_version"))
     except ValueError:
         raise JobError(f"malformed format_version {data.get('format_version')!r} in this {what}", path,
-                       f"write format_version {JOBS_FORMAT_VERSION!r}") from None
-    if major != _MAJOR:
+                       f"write format_version {ours!r}") from None
+    if major != our_major:
         raise JobError(f"{what} format version {data['format_version']} is not supported (this reader: "
-                       f"{JOBS_FORMAT_VERSION})", path,
-                       "upgrade tensorparity on this host" if major > _MAJOR else "submit the job again")
-    return minor > _MINOR
+                       f"{ours})", path,
+                       "upgrade tensorparity on this host" if major > our_major else "submit the job again")
+    return minor > our_minor
 
 
 def _check_keys(data: dict, known: set, newer: bool, what: str, path: str | None) -> None:
@@ -302,192 +281,3 @@ def write_job(folder: SharedFolder, job: Job) -> str:
     if not create_exclusive_json(path, job.to_dict()):
         raise JobError("a job with this run id exists already", path, "choose another --run-id")
     return path
-
-
-@dataclass
-class Claim:
-    """An agent's claim on (run, label) (see the table at the top of this module)."""
-
-    run_id: str
-    label: str
-    agent: dict
-    status: str = "running"
-    attempt: int = 1
-    started: str = field(default_factory=utc_now)
-    heartbeat: str = field(default_factory=utc_now)
-    finished: str | None = None
-    error: str | None = None
-    dump: str | None = None
-    taken_over: dict | None = None
-    format: str = CLAIM_FORMAT
-    format_version: str = JOBS_FORMAT_VERSION
-
-    def validate(self, path: str | None = None) -> "Claim":
-        """Raises JobError naming the field that is wrong."""
-        check_name(self.run_id, "run id")
-        check_name(self.label, "label")
-        _expect(self.status in CLAIM_STATES, f"unknown claim status {self.status!r}", path)
-        _expect(isinstance(self.agent, dict) and {"host", "pid", "id"} <= set(self.agent),
-                "claim agent must be {host, pid, id}", path)
-        _expect(isinstance(self.attempt, int) and not isinstance(self.attempt, bool) and self.attempt >= 1,
-                f"claim attempt {self.attempt!r} is not an integer >= 1", path)
-        for name in ("started", "heartbeat"):
-            try:
-                seconds_since(getattr(self, name))
-            except (TypeError, ValueError):
-                raise JobError(f"claim {name} {getattr(self, name)!r} is not an ISO 8601 time", path) from None
-        for name in ("finished", "error", "dump"):
-            _expect(getattr(self, name) is None or isinstance(getattr(self, name), str),
-                    f"claim {name} must be a string or null", path)
-        _expect(self.taken_over is None or isinstance(self.taken_over, dict), "taken_over must be an object", path)
-        return self
-
-    def owned_by(self, agent: dict) -> bool:
-        """Whether ``agent`` (``{"host", "pid", "id"}``) made this claim."""
-        return self.agent.get("id") == agent.get("id")
-
-    def to_dict(self) -> dict:
-        """The JSON document."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data, path: str | None = None) -> "Claim":
-        """Validate a parsed claim document. Raises JobError."""
-        _expect(isinstance(data, dict), "a claim must be a JSON object", path)
-        newer = _check_version(data, CLAIM_FORMAT, "claim", path)
-        known = {f.name for f in fields(cls)}
-        _check_keys(data, known, newer, "claim", path)
-        missing = sorted({"run_id", "label", "agent", "status"} - set(data))
-        _expect(not missing, f"claim lacks field(s) {missing}", path)
-        return cls(**{k: v for k, v in data.items() if k in known}).validate(path)
-
-
-def read_claim(path: str | os.PathLike) -> Claim:
-    """Read and validate a claim. Raises JobError (also when missing)."""
-    path = os.fspath(path)
-    return Claim.from_dict(read_json(path, "claim"), path)
-
-
-def new_agent_identity() -> dict:
-    """``{"host", "pid", "id"}`` of this process, the id random so that a restarted agent is a new owner."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
-
-
-# -- the claim protocol --------------------------------------------------------------------------------------------
-
-_write_lock = threading.Lock()  # atomic_write_json's temp name is per process: one writer at a time
-
-
-def work_dump_name(label: str, attempt: int) -> str:
-    """The name an attempt writes its dump under in dumps/<run_id>/ before publishing it as ``<label>.h5``.
-
-    It starts with a dot, so it is never a dump name to the watcher, and it is unique per attempt, so a slow former
-    owner can never publish the file of the agent that took over from it.
-    """
-    return f".{check_name(label, 'label')}.attempt{int(attempt)}.h5"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def stale_reason(claim: Claim, timeout: float, me: dict | None = None) -> str | None:
-    """Why ``claim`` may be taken over, or None when it may not.
-
-    A running claim is stale when its heartbeat is older than ``timeout`` seconds, or at once when it was made on
-    this host by a process that no longer exists (a restarted agent resumes without waiting). A claim its agent
-    abandoned (stopped by a signal) may be taken over too. Done claims and other failures are final.
-    """
-    if claim.status == "failed" and claim.error == ABANDONED:
-        return "abandoned by its agent"
-    if claim.status != "running":
-        return None
-    age = seconds_since(claim.heartbeat)
-    if age > timeout:
-        return f"heartbeat {age:.0f} s old (timeout {timeout:g} s)"
-    me = me or {}
-    pid = claim.agent.get("pid")
-    if claim.agent.get("host") == socket.gethostname() and isinstance(pid, int) and claim.agent.get("id") != me.get(
-            "id") and (pid == os.getpid() or not _pid_alive(pid)):
-        return f"its agent (pid {pid} on this host) is gone"
-    return None
-
-
-def try_claim(folder: SharedFolder, run_id: str, label: str, agent: dict) -> Claim | None:
-    """Claim (run, label) by exclusive creation. Returns the claim, or None when another agent holds it."""
-    claim = Claim(run_id, label, dict(agent))
-    return claim if create_exclusive_json(folder.claim_path(run_id, label), claim.to_dict()) else None
-
-
-def take_over(folder: SharedFolder, seen: Claim, agent: dict, reason: str) -> Claim | None:
-    """Take over a stale claim; among agents racing on the same stale claim exactly one wins.
-
-    The winner is the one whose hard link of the claim to ``<label>.attempt<n>.json`` succeeds (a link refuses an
-    existing name, also on NFS). It checks that what it linked is still the stale attempt it saw, removes the claim,
-    moves what the previous attempt left in dumps/<run_id>/ aside (``<label>.h5.partial.stale-<n>``), and creates the
-    new claim exclusively with attempt n+1.
-
-    Returns:
-        The new claim, or None when another agent won, the claim changed, or it is not stale any more.
-    """
-    path = folder.claim_path(seen.run_id, seen.label)
-    aside = os.path.join(os.path.dirname(path), f"{seen.label}.attempt{seen.attempt}.json")
-    try:
-        os.link(path, aside)
-    except (FileExistsError, FileNotFoundError):
-        return None
-    try:
-        moved = read_claim(aside)
-    except JobError:
-        moved = None
-    if moved is None or moved.to_dict() != seen.to_dict():
-        os.unlink(aside)  # the claim changed since it was seen (its owner is alive): leave it alone
-        return None
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    stale_files = _move_attempt_files_aside(folder, seen)
-    claim = Claim(seen.run_id, seen.label, dict(agent), attempt=seen.attempt + 1, taken_over={
-        "previous_claim": os.path.basename(aside), "previous_agent": seen.agent, "reason": reason,
-        "stale_files": stale_files})
-    return claim if create_exclusive_json(path, claim.to_dict()) else None
-
-
-def _move_attempt_files_aside(folder: SharedFolder, seen: Claim) -> list[str]:
-    """Rename the previous attempt's work files (never read, never deleted); returns their new paths rel. ROOT."""
-    dump_dir = os.path.dirname(folder.dump_path(seen.run_id, seen.label))
-    work = os.path.join(dump_dir, work_dump_name(seen.label, seen.attempt))
-    moved = []
-    for src, kind in ((work + ".partial", "partial"), (work, "unpublished")):
-        dst = os.path.join(dump_dir, f"{seen.label}.h5.{kind}.stale-{seen.attempt}")
-        try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            continue
-        moved.append(os.path.relpath(dst, folder.root))
-    return moved
-
-
-def update_claim(folder: SharedFolder, claim: Claim, **changes) -> bool:
-    """Rewrite a claim as its owner (heartbeat, done, failed). Returns False, writing nothing, when the claim on
-    disk is no longer this attempt of this agent (it was taken over)."""
-    path = folder.claim_path(claim.run_id, claim.label)
-    with _write_lock:
-        try:
-            current = read_claim(path)
-        except JobError:
-            return False
-        if not current.owned_by(claim.agent) or current.attempt != claim.attempt:
-            return False
-        for name, value in changes.items():
-            setattr(claim, name, value)
-        claim.validate(path)
-        atomic_write_json(path, claim.to_dict())
-    return True

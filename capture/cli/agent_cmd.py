@@ -33,8 +33,10 @@ def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation
 
     Each job is claimed exclusively in ROOT/claims/<run>/<label>.json (several agents of one label never capture a
     job twice), heartbeats while it runs, and its dump appears as ROOT/dumps/<run>/<label>.h5. A claim whose
-    heartbeat is older than --heartbeat-timeout is taken over. SIGTERM abandons the running job cleanly (its claim
-    says "abandoned"; a restarted agent resumes it). One log line per job.
+    heartbeat is older than --heartbeat-timeout is taken over (as <label>.attempt<n>.json); an agent that was
+    paused meanwhile can then neither publish its dump nor touch the new claim. SIGTERM abandons the running job
+    cleanly (its claim says "abandoned"; a restarted agent resumes it). Refuses a folder without exclusive
+    creation, hard links or atomic renames (exit code 3). One log line per job.
 
     \b
     Example:

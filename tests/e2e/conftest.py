@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from protocol import DumpWriter, InputSample, Manifest, RecordKey, SharedFolder, write_input_set
-from protocol.jobs import Job, read_claim
+from protocol.claims import ClaimSite, read_claim, read_current_claim
+from protocol.jobs import Job
 
 PARITY = os.path.join(os.path.dirname(sys.executable), "parity")
 #: Keep each process on one thread: the machine has 2 cores shared by many processes.
@@ -189,16 +190,16 @@ def submit_job(root: str, inputs_path: str, run_id: str, labels: list[str], refe
 def no_failed_claims(root: str) -> None:
     """Fail at once when any claim of ROOT failed (a wait for a report would otherwise run into its timeout)."""
     for path in glob.glob(os.path.join(root, "claims", "*", "*.json")):
-        if ".attempt" not in os.path.basename(path):
-            claim = read_claim(path)
+        if ".attempt" not in os.path.basename(path):  # attempt 1 names the label; the latest attempt counts
+            first = read_claim(path)
+            claim = claim_of(root, first.run_id, first.label)
             if claim.status == "failed":
                 pytest.fail(f"{claim.run_id}/{claim.label} failed: {claim.error}")
 
 
 def claim_of(root: str, run_id: str, label: str):
-    """The claim document, or None when there is none."""
-    path = SharedFolder(root).claim_path(run_id, label)
-    return read_claim(path) if os.path.exists(path) else None
+    """The current claim (its latest attempt), or None when there is none."""
+    return read_current_claim(ClaimSite.capture(SharedFolder(root), run_id, label))
 
 
 def write_small_dump(path: str, run_id: str, label: str, *, inputs_sha256: str = "cd" * 32, records: int = 3,

@@ -8,8 +8,10 @@ import shutil
 import signal
 import subprocess
 
+import pytest
+
 from protocol import SharedFolder, open_dump
-from protocol.jobs import work_dump_name
+from protocol.claims import read_claim
 
 from .conftest import claim_of, make_inputs, submit_job, wait_for
 
@@ -36,18 +38,23 @@ def test_four_agents_of_one_label_capture_each_of_20_jobs_exactly_once(procs, sh
     assert not any("took over" in a.log() for a in agents)
 
 
-def _slow_job(shared_root: str, tmp_path, run_id: str) -> None:
+def _partial(shared_root: str, run_id: str, attempt: int = 1) -> str | None:
+    """The partial dump an attempt is writing in its work folder (dumps/<run>/.<label>.attempt<n>.<agent>/), if any."""
+    found = glob.glob(os.path.join(shared_root, "dumps", run_id, f".cpu.attempt{attempt}.*", "cpu.h5.partial"))
+    return found[0] if found else None
+
+
+def _slow_job(shared_root: str, tmp_path, run_id: str, samples: int = 60) -> None:
     """A job whose capture takes seconds (many samples), so that an agent can be stopped in the middle of it."""
-    inputs = make_inputs(str(tmp_path / f"{run_id}-inputs.h5"), samples=60, length=16, seed=1)
+    inputs = make_inputs(str(tmp_path / f"{run_id}-inputs.h5"), samples=samples, length=16, seed=1)
     submit_job(shared_root, inputs, run_id, ["cpu"], "cpu")
 
 
 def test_agent_killed_mid_capture_is_resumed_once_and_its_partial_kept_aside(procs, shared_root, tmp_path):
     _slow_job(shared_root, tmp_path, "slow")
     dump_dir = os.path.join(shared_root, "dumps", "slow")
-    partial = os.path.join(dump_dir, work_dump_name("cpu", 1) + ".partial")
     first = procs.start(*AGENT, shared_root, "--label", "cpu", name="first")
-    wait_for(lambda: os.path.exists(partial), 120, "the first capture to start writing", procs, alive=(first,))
+    wait_for(lambda: _partial(shared_root, "slow"), 120, "the first capture to start writing", procs, alive=(first,))
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(timeout=30)
     assert claim_of(shared_root, "slow", "cpu").status == "running"  # nobody said otherwise
@@ -57,8 +64,8 @@ def test_agent_killed_mid_capture_is_resumed_once_and_its_partial_kept_aside(pro
     assert claim.status == "done" and claim.attempt == 2
     assert claim.taken_over["previous_agent"]["pid"] == first.pid
     assert "is gone" in claim.taken_over["reason"]
-    assert claim.taken_over["stale_files"] == ["dumps/slow/cpu.h5.partial.stale-1"]
-    assert sorted(os.listdir(dump_dir)) == ["cpu.h5", "cpu.h5.partial.stale-1"]
+    assert claim.taken_over["stale_files"] == ["dumps/slow/cpu.h5.stale-1/cpu.h5.partial"]
+    assert sorted(os.listdir(dump_dir)) == ["cpu.h5", "cpu.h5.stale-1"]
     with open_dump(os.path.join(dump_dir, "cpu.h5")) as dump:
         assert dump.manifest.run_id == "slow" and len({r.key.sample for r in dump.records()}) == 60
     assert second.log().count(": done in ") == 1
@@ -66,13 +73,12 @@ def test_agent_killed_mid_capture_is_resumed_once_and_its_partial_kept_aside(pro
 
 def test_sigterm_abandons_the_capture_cleanly_and_a_restart_resumes_it(procs, shared_root, tmp_path):
     _slow_job(shared_root, tmp_path, "slow")
-    partial = os.path.join(shared_root, "dumps", "slow", work_dump_name("cpu", 1) + ".partial")
     first = procs.start(*AGENT, shared_root, "--label", "cpu", name="first")
-    wait_for(lambda: os.path.exists(partial), 120, "the capture to start writing", procs, alive=(first,))
+    wait_for(lambda: _partial(shared_root, "slow"), 120, "the capture to start writing", procs, alive=(first,))
     assert first.terminate(timeout=30) == 0, first.log()
     claim = claim_of(shared_root, "slow", "cpu")
     assert claim.status == "failed" and claim.error == "abandoned" and claim.finished
-    assert os.listdir(os.path.join(shared_root, "dumps", "slow")) == []  # the writer removed its partial file
+    assert os.listdir(os.path.join(shared_root, "dumps", "slow")) == []  # partial file and work folder removed
     assert "abandoned (agent stopped)" in first.log()
     second = procs.start(*AGENT, shared_root, "--label", "cpu", "--once", name="second")
     assert second.wait(timeout=150) == 0, second.log()
@@ -154,3 +160,56 @@ def test_jobs_escaping_the_shared_folder_are_refused_not_executed(procs, shared_
     lines = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines()}
     assert lines["good"][3] == "done" and lines["dotdot"][3] == "failed"
     assert "escapes the shared folder" in lines["dotdot"][-1]
+
+
+PAUSE_ROUNDS = 4
+PAUSE_SAMPLES = 30  # a capture of a few seconds: long enough to be paused in the middle of it
+#: short timeouts: a paused agent is taken over 3 s after its last heartbeat
+FAST = ("agent", "--poll-interval", "0.1", "--heartbeat-timeout", "3", "--heartbeat-interval", "0.1")
+
+
+@pytest.mark.slow
+def test_an_agent_paused_past_the_timeout_never_publishes_nor_touches_the_winners_claim(procs, shared_root,
+                                                                                        tmp_path):
+    """SIGSTOP the agent that captures, let the other take over, SIGCONT it: in every round there is exactly one
+    dump, the winner's, and the winner's claim is intact. Rounds resume the paused agent at different moments:
+    as soon as it was taken over (both then run at once) or after the winner has published."""
+    agents = [procs.start(*FAST, shared_root, "--label", "cpu", name=f"agent{n}") for n in range(2)]
+    by_pid = {a.pid: a for a in agents}
+    folder = SharedFolder(shared_root)
+    for round_ in range(PAUSE_ROUNDS):
+        run_id = f"paused{round_}"
+        _slow_job(shared_root, tmp_path, run_id, samples=PAUSE_SAMPLES)
+        wait_for(lambda: _partial(shared_root, run_id), 120, f"round {round_}: a capture to start writing", procs,
+                 alive=agents)
+        paused = by_pid[claim_of(shared_root, run_id, "cpu").agent["pid"]]
+        winner = next(a for a in agents if a is not paused)
+        os.kill(paused.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: (c := claim_of(shared_root, run_id, "cpu")).attempt == 2 and (
+                round_ % 2 == 0 or c.status == "done"), 120, f"round {round_}: the takeover", procs, alive=agents)
+        finally:
+            os.kill(paused.pid, signal.SIGCONT)
+        wait_for(lambda: claim_of(shared_root, run_id, "cpu").status == "done", 120,
+                 f"round {round_}: the winner's dump", procs, alive=agents)
+        wait_for(lambda: f"job {run_id} label cpu: attempt 1 was taken over by another agent (attempt 2); "
+                         "nothing published" in paused.log(), 60, f"round {round_}: the paused agent to give up",
+                 procs, alive=agents)
+        claim = claim_of(shared_root, run_id, "cpu")
+        assert claim.status == "done" and claim.attempt == 2 and claim.agent["pid"] == winner.pid, claim
+        assert claim.dump == f"dumps/{run_id}/cpu.h5" and claim.error is None
+        assert claim.taken_over["previous_agent"]["pid"] == paused.pid
+        assert claim.taken_over["reason"].startswith("heartbeat ") and claim.taken_over["previous_claim"] == "cpu.json"
+        first = read_claim(folder.claim_path(run_id, "cpu"))
+        assert first.attempt == 1 and first.agent["pid"] == paused.pid and first.status == "running"
+        dump_dir = os.path.join(shared_root, "dumps", run_id)
+        assert sorted(os.listdir(dump_dir)) == ["cpu.h5", "cpu.h5.stale-1"]  # one dump, the loser's work aside
+        assert claim.taken_over["stale_files"] == [f"dumps/{run_id}/cpu.h5.stale-1/cpu.h5.partial"]
+        with open_dump(os.path.join(dump_dir, "cpu.h5")) as dump:  # the winner's: its manifest names its claim
+            assert dump.manifest.extra["claim"] == {"attempt": 2, "agent": claim.agent["id"],
+                                                    "host": claim.agent["host"]}
+            assert len({r.key.sample for r in dump.records()}) == PAUSE_SAMPLES
+        assert winner.log().count(f"job {run_id} label cpu: done in ") == 1
+        assert f"job {run_id} label cpu: done" not in paused.log()
+    for agent in agents:
+        assert agent.terminate(timeout=60) == 0, agent.log()

@@ -9,13 +9,14 @@ import time
 import pytest
 
 from protocol import (
-    JobError, SharedFolder, atomic_write_json, check_name, create_exclusive_json, parse_dump_name, read_json,
-    resolve_inside,
+    JobError, SharedFolder, atomic_write_json, check_name, create_exclusive_json, link_no_replace, parse_dump_name,
+    read_json, resolve_inside, write_new_json,
 )
+from protocol.folder import remove_dead_temp_files, temp_name
 
 
 @pytest.mark.parametrize("name", ["..", "a..b", "../x", "a/b", "a\\b", "/abs", "", ".hidden", "-x", "x" * 129,
-                                  "cpu.h5", "job.json", "a b", "a\x00b", "é"])
+                                  "cpu.h5", "job.json", "cpu.attempt2", "a b", "a\x00b", "é"])
 def test_check_name_rejects_unsafe_names(name):
     with pytest.raises(JobError, match="invalid label"):
         check_name(name, "label")
@@ -126,3 +127,45 @@ def test_read_json_names_the_file_when_missing_or_malformed(tmp_path):
     bad.write_text('{"a": ')
     with pytest.raises(JobError, match=r"bad\.json: job is not valid JSON"):
         read_json(str(bad), "job")
+
+
+def test_link_no_replace_never_replaces_and_says_when_the_source_is_gone(tmp_path):
+    src, dst = tmp_path / "work.h5", tmp_path / "final.h5"
+    src.write_bytes(b"mine")
+    assert link_no_replace(src, dst) is True and dst.read_bytes() == b"mine"
+    assert link_no_replace(src, dst) is True  # the same file under both names: ours (a retransmitted link on NFS)
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"theirs")
+    assert link_no_replace(other, dst) is False and dst.read_bytes() == b"mine"
+    with pytest.raises(FileNotFoundError):
+        link_no_replace(tmp_path / "moved-aside.h5", tmp_path / "x.h5")
+    assert not os.path.exists(tmp_path / "x.h5")
+
+
+def test_write_new_json_refuses_an_existing_file_and_a_missing_folder(tmp_path):
+    path = tmp_path / "scratch" / "a.json"
+    with pytest.raises(FileNotFoundError):  # it never makes a folder (a takeover may have removed it)
+        write_new_json(path, {"a": 1})
+    assert not os.path.exists(tmp_path / "scratch")
+    os.mkdir(tmp_path / "scratch")
+    write_new_json(path, {"a": float("nan")})
+    assert read_json(path, "doc")["a"] != read_json(path, "doc")["a"]  # NaN, as atomic_write_json writes it
+    with pytest.raises(FileExistsError):
+        write_new_json(path, {"a": 2})
+
+
+def test_temporary_files_of_dead_processes_on_this_host_are_removed_and_nothing_else(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True).stdout)
+    host = socket.gethostname()
+    assert temp_name(tmp_path / "cpu.json") == f".cpu.json.{host}.{os.getpid()}.tmp"
+    names = {"dead": f".cpu.json.{host}.{dead}.tmp", "dead-unique": f".cpu.json.{host}.{dead}.0123abcd.tmp",
+             "alive": temp_name(tmp_path / "cpu.json"), "elsewhere": f".cpu.json.other-{host}.{dead}.tmp",
+             "user": f".notes.{dead}.tmp", "plain": "cpu.json"}
+    for name in names.values():
+        (tmp_path / name).write_text("{")
+    assert sorted(remove_dead_temp_files(tmp_path)) == sorted([names["dead"], names["dead-unique"]])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[k] for k in ("alive", "elsewhere", "user", "plain"))
