@@ -12,8 +12,9 @@ import h5py
 import numpy as np
 
 from . import dtypes
+from .checksum import array_crc32c, header_crc32c
 from .errors import CaptureError
-from .h5util import PARTIAL_SUFFIX, load_compression_plugins, write_json_dataset
+from .h5util import PARTIAL_SUFFIX, load_compression_plugins, set_text_attr, write_json_dataset
 from .keys import RecordKey
 from .manifest import Manifest
 from .records import INDEX_DTYPE, STORAGE_KINDS, RecordInfo
@@ -40,6 +41,11 @@ _WRITEBACK_BYTES = 8 << 20
 _SPACE_MARGIN = 1 << 20
 #: Generous bytes per index row (strings included) for the free-space check before an index flush.
 _INDEX_ROW_BYTES = 1024
+#: HDF5 file-format versions of a dump: those of HDF5 1.10 exactly (SPEC.md section 8.1). Its superblock, object
+#: headers and chunk indexes carry checksums (Jenkins lookup3) that HDF5 verifies on every read, so damaged metadata
+#: is refused instead of misread; every reader of h5py >= 3.10 (HDF5 >= 1.10.4) reads them, and the upper bound
+#: keeps newer HDF5 releases from writing structures that 1.10 cannot read.
+DUMP_LIBVER = ("v110", "v110")
 
 
 def chunk_shape(shape: tuple, itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple:
@@ -74,7 +80,8 @@ class DumpWriter:
     ``complete`` (last), closes and fsyncs the file, then renames it into place without ever replacing an existing
     file. When the ``with`` block raises, the partial file is removed and nothing appears under the final name.
     Every 8 MiB of record data, the disk is asked to start writing (protocol/writeback.py, Linux), so that little is
-    left for the final fsync.
+    left for the final fsync. The dump is of format 1.1 (SPEC.md section 8.1): HDF5 1.10's file format, and a CRC-32C
+    of every record's stored bytes, aux array and index row, of the header and of each auxiliary array.
 
     Args:
         path: the final file name (conventionally ``*.h5``).
@@ -117,15 +124,17 @@ class DumpWriter:
         try:
             fd = os.open(self.partial_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             os.close(fd)
-            self._file = h5py.File(self.partial_path, "w")
+            self._file = h5py.File(self.partial_path, "w", libver=DUMP_LIBVER)
         except OSError as exc:
             raise _write_error(exc, self.partial_path) from None
         f = self._file
-        f.attrs["format"] = DUMP_FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["state"] = "writing"
-        f.attrs["compression"] = compression
-        write_json_dataset(f, "manifest", manifest.to_json())
+        # fixed-length strings: in checksummed object headers and the dataset itself, out of HDF5's global heap,
+        # which only the index's strings use (SPEC.md section 8.1)
+        set_text_attr(f, "format", DUMP_FORMAT)
+        set_text_attr(f, "format_version", FORMAT_VERSION)
+        set_text_attr(f, "state", "writing")
+        set_text_attr(f, "compression", compression)
+        write_json_dataset(f, "manifest", manifest.to_json(), fixed=True)
         self._index = f.create_dataset("index", shape=(0,), maxshape=(None,), dtype=INDEX_DTYPE,
                                        chunks=(_INDEX_FLUSH_ROWS,))
         self._data = f.create_group("data")
@@ -154,31 +163,44 @@ class DumpWriter:
         stored = dtypes.to_storage(array, logical)
         if stats is None and storage != "full":
             raise ValueError("statistics of the whole tensor are needed for a reduced record")
+        if not stored.flags.c_contiguous:  # copied once, for the checksum and the write (0-d arrays always are)
+            stored = np.ascontiguousarray(stored)
         name = self._data_name()
         ds, offset = self._new_dataset(name, stored, logical)
+        # the checksum of the stored bytes is taken with the statistics: on the helper thread for large records,
+        # while the data is written (pwrite and the CRC both release the GIL), from the same bytes the write reads
         pending: Future | None = None
+        crc = None
         if stats is None:
             # started once the dataset exists: HDF5 calls hold the GIL, and competing for it with the statistics
             # thread made them ~8x slower (measured in a capture)
             values = dtypes.decode(stored, logical)
             if stored.nbytes >= _PARALLEL_STATS_BYTES:
-                pending = self._stats_pool().submit(compute_stats, values)
+                pending = self._stats_pool().submit(_stats_and_crc, values, stored)
             else:
-                stats = compute_stats(values)
+                stats, crc = compute_stats(values), array_crc32c(stored)
+        elif stored.nbytes >= _PARALLEL_STATS_BYTES:
+            pending = self._stats_pool().submit(_stats_and_crc, None, stored, stats)
+        else:
+            crc = array_crc32c(stored)
         try:
             self._fill_dataset(ds, offset, stored)
         finally:
             if pending is not None:
-                stats = pending.result()
+                stats, crc = pending.result()
         aux_name = ""
+        aux_crc = None
         if aux is not None:
             aux_name = name + "_aux"
             aux_arr = np.asarray(aux)
-            self._write_dataset(aux_name, aux_arr, dtypes.logical_of(aux_arr))
+            aux_stored = dtypes.to_storage(aux_arr, dtypes.logical_of(aux_arr))
+            self._write_dataset(aux_name, aux_stored, dtypes.logical_of(aux_arr))
+            aux_crc = array_crc32c(aux_stored)
         return self._append(RecordInfo(
             key=key, seq=self._seq, module_type=module_type, dtype=logical, shape=tuple(stored.shape),
             orig_shape=tuple(orig_shape) if orig_shape is not None else tuple(stored.shape), storage=storage,
-            reduction=reduction or {}, data=name, aux=aux_name, stats=stats, meta=meta or {}))
+            reduction=reduction or {}, data=name, aux=aux_name, stats=stats, meta=meta or {},
+            data_crc32c=crc, aux_crc32c=aux_crc))
 
     def add_stats(self, key: RecordKey, stats: TensorStats, *, dtype: str, shape: tuple, module_type: str = "",
                   meta: dict | None = None) -> RecordInfo:
@@ -212,7 +234,7 @@ class DumpWriter:
             raise
         self._append(RecordInfo(
             key=key, seq=self._seq, module_type=module_type, dtype=dtype, shape=tuple(shape), orig_shape=tuple(shape),
-            storage="full", data=name, stats=rs.acc.result(), meta=meta or {}))
+            storage="full", data=name, stats=rs.acc.result(), meta=meta or {}, data_crc32c=rs.crc))
 
     def add_array(self, name: str, array: np.ndarray) -> None:
         """Store a named auxiliary array under /arrays (e.g. ``generated_tokens.s0``); names are unique."""
@@ -220,7 +242,9 @@ class DumpWriter:
             raise ValueError(f"invalid or duplicate array name {name!r}")
         arrays = self._file.require_group("arrays")
         array = np.asarray(array)
-        arrays.create_dataset(name, data=dtypes.to_storage(array, dtypes.logical_of(array)))
+        stored = dtypes.to_storage(array, dtypes.logical_of(array))
+        ds = arrays.create_dataset(name, data=stored)
+        ds.attrs["crc32c"] = np.uint32(array_crc32c(stored))
         self._arrays.add(name)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -232,9 +256,12 @@ class DumpWriter:
         try:
             self._flush_index()
             del self._file["manifest"]  # the final manifest (a capture may add results, e.g. a perturbation check)
-            write_json_dataset(self._file, "manifest", self.manifest.to_json())
+            manifest = self.manifest.to_json()
+            write_json_dataset(self._file, "manifest", manifest, fixed=True)
             self._file.attrs["record_count"] = self._seq
-            self._file.attrs["state"] = "complete"  # set last: nothing earlier can look complete
+            self._file.attrs["header_crc32c"] = np.uint32(header_crc32c(
+                DUMP_FORMAT, FORMAT_VERSION, self.compression, self._seq, manifest))
+            set_text_attr(self._file, "state", "complete")  # set last: nothing earlier can look complete
             self._file.flush()
             self._file.close()
             self._close_raw_fd()
@@ -354,7 +381,7 @@ class DumpWriter:
         except OSError as exc:
             raise _write_error(exc, self.partial_path) from None
         if logical != storage.name:
-            ds.attrs["dtype"] = logical
+            set_text_attr(ds, "dtype", logical)
         return ds
 
     def _type_id(self, storage: np.dtype) -> h5py.h5t.TypeID:
@@ -445,6 +472,7 @@ class RecordStream:
         self._wrote = wrote  # the writer's count of bytes written (it starts the disk's writes)
         self.rows_written = 0
         self.acc = StatsAccumulator()
+        self.crc = 0  # CRC-32C of the stored bytes so far: slabs are consecutive in C order
 
     def write(self, chunk: np.ndarray) -> None:
         """Write the next rows; ``chunk.shape[1:]`` must equal the record's trailing shape."""
@@ -456,8 +484,17 @@ class RecordStream:
             raise ValueError(f"stream overflows the declared {self._shape[0]} rows")
         self._ds[self.rows_written:end] = chunk
         self._wrote(chunk.nbytes)
+        self.crc = array_crc32c(chunk, self.crc)
         self.acc.update(dtypes.decode(chunk, self._logical))
         self.rows_written = end
+
+
+def _stats_and_crc(values: np.ndarray | None, stored: np.ndarray,
+                   stats: TensorStats | None = None) -> tuple[TensorStats, int]:
+    """The statistics of ``values`` (unless given) and the CRC-32C of ``stored``: one helper-thread task."""
+    if stats is None:
+        stats = compute_stats(values)
+    return stats, array_crc32c(stored)
 
 
 def _write_error(exc: OSError, path: str) -> CaptureError:

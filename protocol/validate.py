@@ -20,23 +20,33 @@ MAX_DECLARED_ELEMENTS = 1 << 44
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """What a valid file is: its kind (``dump`` or ``inputs``), version, and how many records or samples."""
+    """What a valid file is: its kind (``dump`` or ``inputs``), version, and how many records or samples.
+
+    ``checksums`` is False for a dump of format 1.0, whose data could not be verified (it has no checksums).
+    """
 
     path: str
     kind: str
     format_version: str
     count: int
     sha256: str = ""
+    checksums: bool = True
 
     def summary(self) -> str:
         """One line for the terminal."""
         what = "records" if self.kind == "dump" else "samples"
         extra = f", inputs sha256 {self.sha256[:12]}" if self.sha256 else ""
+        if self.kind == "dump":
+            extra += ", checksums verified" if self.checksums else \
+                f", no checksums (format {self.format_version}): data not verified"
         return f"OK  {self.path}: {self.kind} v{self.format_version}, {self.count} {what}{extra}"
 
 
 def validate(path: str | os.PathLike) -> ValidationResult:
     """Check a dump or input set completely: identity, version, state, manifest, index, every record's data.
+
+    For a dump of format 1.1, every checksum too (header, index rows, each record's data and aux array, each
+    auxiliary array); a 1.0 dump has none, which the result says (``checksums`` False).
 
     Returns:
         A ValidationResult when the file is sound.
@@ -55,7 +65,10 @@ def validate(path: str | os.PathLike) -> ValidationResult:
     with DumpReader(path) as reader:
         for info in reader.records():
             _check_record(reader, info)
-        return ValidationResult(path, "dump", reader.format_version, len(reader), reader.manifest.inputs_sha256)
+        for name in reader.array_names():
+            reader.array(name)
+        return ValidationResult(path, "dump", reader.format_version, len(reader), reader.manifest.inputs_sha256,
+                                reader.checksums)
 
 
 def _check_record(reader: DumpReader, info) -> None:
@@ -73,16 +86,24 @@ def _check_record(reader: DumpReader, info) -> None:
             raise bad(f"absurd declared shape {list(shape)}")
     if info.storage == "stats":
         return
-    ds = reader._file.get(info.data)
+    ds = reader.data_object(info, info.data)
     if not isinstance(ds, h5py.Dataset):
         raise bad(f"index points at missing data {info.data!r}")
     if tuple(ds.shape) != tuple(info.shape):
         raise bad(f"data has shape {list(ds.shape)} but the index says {list(info.shape)}")
     if ds.dtype != dtypes.storage_dtype(info.dtype):
         raise bad(f"data is stored as {ds.dtype} but dtype {info.dtype} needs {dtypes.storage_dtype(info.dtype)}")
+    tag = ds.attrs.get("dtype")
+    tag = tag.decode("utf-8", "replace") if isinstance(tag, bytes) else tag
+    if tag is not None and tag != info.dtype:
+        raise bad(f"data is tagged dtype {tag!r} but the index says {info.dtype}")
     nbytes = info.numel * ds.dtype.itemsize
     if ds.chunks is None and nbytes and ds.id.get_storage_size() != nbytes:
         raise bad(f"data holds {ds.id.get_storage_size()} bytes but its shape needs {nbytes}")
-    # read it all, block by block: catches truncation inside the data and filter errors
+    # read it all, block by block: catches truncation inside the data, filter errors and (1.1) damaged bytes
     for _ in reader.iter_blocks(info, raw=True, reuse=True):
         pass
+    if info.aux:
+        if not isinstance(reader.data_object(info, info.aux), h5py.Dataset):
+            raise bad(f"index points at missing auxiliary array {info.aux!r}")
+        reader.read_aux(info)

@@ -8,19 +8,20 @@ import subprocess
 
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
+from protocol import FORMAT_VERSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(REPO, "tests", "data", "golden")
-DUMP = os.path.join(GOLDEN, "dump-v1.0.h5")
-INPUTS = os.path.join(GOLDEN, "inputs-v1.0.h5")
+DUMP = os.path.join(GOLDEN, f"dump-v{FORMAT_VERSION}.h5")
+INPUTS = os.path.join(GOLDEN, f"inputs-v{FORMAT_VERSION}.h5")
 
 
 def test_inspect_table_lists_manifest_and_every_record():
     result = CliRunner().invoke(cli, ["inspect", DUMP])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{DUMP}: dump v1.0, 24 records, compression none"
+    assert lines[0] == f"{DUMP}: dump v{FORMAT_VERSION}, 24 records, compression none"
     assert "label cpu-fp32" in lines[1] and "created 2026-01-01T00:00:00+00:00 on golden-host" in lines[1]
     assert "capture external / generate" in lines[3]
     rows = [line for line in lines if line.lstrip()[:1].isdigit()]
@@ -36,7 +37,7 @@ def test_inspect_sites_filter_and_json():
     result = CliRunner().invoke(cli, ["inspect", "--json", "--sites", r"^ints\.", DUMP])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["format_version"] == "1.0" and doc["manifest"]["run_id"] == "golden"
+    assert doc["format_version"] == FORMAT_VERSION and doc["manifest"]["run_id"] == "golden"
     assert [r["key"] for r in doc["records"]] == [f"s0/t0/ints.{t}:out#0" for t in
                                                  ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                                                   "uint64")]
@@ -71,11 +72,16 @@ def test_inspect_and_validate_usage_errors_exit_2_and_missing_files_exit_3(tmp_p
 
 
 def test_installed_entry_point_inspects_and_validates_golden_files(parity_exe):
-    files = [DUMP, os.path.join(GOLDEN, "dump-v1.0-lz4.h5"), INPUTS]
+    old = os.path.join(GOLDEN, "dump-v1.0-lz4.h5")
+    files = [DUMP, os.path.join(GOLDEN, f"dump-v{FORMAT_VERSION}-lz4.h5"), INPUTS, old]
     res = subprocess.run([parity_exe, "validate", *files], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[1] == (f"OK  {files[1]}: dump v1.0, 2 records, inputs sha256 "
-                                          + res.stdout.splitlines()[2].split("sha256 ")[1][:12])
+    sha = res.stdout.splitlines()[2].split("sha256 ")[1][:12]
+    assert res.stdout.splitlines()[1] == (f"OK  {files[1]}: dump v{FORMAT_VERSION}, 2 records, inputs sha256 {sha}, "
+                                          "checksums verified")
+    # a 1.0 dump has no checksums: still valid, and validate says what it could not verify
+    assert res.stdout.splitlines()[3] == (f"OK  {old}: dump v1.0, 2 records, inputs sha256 {sha}, "
+                                          "no checksums (format 1.0): data not verified")
     res = subprocess.run([parity_exe, "inspect", "--json", files[1]], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert [r["dtype"] for r in json.loads(res.stdout)["records"]] == ["float32", "bfloat16"]

@@ -20,19 +20,22 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 from protocol import DumpWriter, InputSample, Manifest, RecordKey, write_input_set  # noqa: E402
+from protocol.dump_reader import DAMAGED_HINT  # noqa: E402
+from protocol.records import row_crc32c  # noqa: E402
 
 _DAMAGED = "the file is damaged; capture it again"
+_FLIPPED = DAMAGED_HINT[:1].upper() + DAMAGED_HINT[1:]
 
 #: file name -> the exact message after "Error: " (``{path}`` is the file as named on the command line)
 EXPECTED = {
     "truncated.h5": "{path}: HDF5 file cannot be opened, probably truncated or damaged (Unable to synchronously "
-                    "open file (truncated file: eof = 6144, sblock->base_addr = 0, stored_eof = 81200)). "
+                    "open file (truncated file: eof = 6144, sblock->base_addr = 0, stored_eof = 80896)). "
                     "Capture the dump again",
     "empty.h5": "{path}: file is empty (0 bytes). The dump was never written; capture it again",
     "not_hdf5.h5": "{path}: not an HDF5 file, so not a tensorparity dump. Pass a file written by tensorparity",
     "wrong_format.h5": "{path}: not a tensorparity dump (root attribute 'format' is 'acme.tensors'). "
                        "Pass a file written by tensorparity",
-    "major2.h5": "{path}: dump format version 2.0 is not supported by this reader (format 1.0). "
+    "major2.h5": "{path}: dump format version 2.0 is not supported by this reader (format 1.1). "
                  "Upgrade tensorparity to read it",
     "malformed_version.h5": "{path}: malformed format_version 'one.zero' in this dump. "
                             "This reader understands dump format 1.x",
@@ -45,13 +48,20 @@ EXPECTED = {
                          + _DAMAGED[:1].upper() + _DAMAGED[1:],
     "leftover.h5.partial": "{path}: this is an unfinished dump (a leftover .partial file). "
                            "Its writer was interrupted; capture it again",
-    "state_writing.h5": "{path}: dump is not complete (state='writing'). Its writer was interrupted; capture it again",
+    "state_writing.h5": "{path}: dump is not complete (HDF5 marks it as still open by its writer). "
+                        "Its writer was interrupted; capture it again",
     "tampered_inputs.h5": "{path}: input set content does not match its sha256 (af25783c44f6...). "
                           "The file was altered or damaged; create it again",
+    # bytes changed after writing (format 1.1 checksums, SPEC.md section 8.1)
+    "flipped_data.h5": "{path}: record s0/t0/layers.1:out#0: data does not match its checksum. " + _FLIPPED,
+    "flipped_index.h5": "{path}: index row 2 (record s0/t0/layers.3:out#0) does not match its checksum. "
+                        + _FLIPPED,
+    "flipped_manifest.h5": "{path}: the manifest or the root attributes do not match their checksum. " + _FLIPPED,
 }
 
 #: files whose problem is found on opening (so ``parity inspect`` refuses them with the same message)
-FOUND_ON_OPEN = sorted(set(EXPECTED) - {"missing_data.h5", "absurd_shape.h5", "shape_mismatch.h5"})
+FOUND_ON_OPEN = sorted(set(EXPECTED) - {"missing_data.h5", "absurd_shape.h5", "shape_mismatch.h5",
+                                        "flipped_data.h5"})
 
 
 def _manifest() -> Manifest:
@@ -74,10 +84,35 @@ def _edit(src: str, dst: str, fn) -> None:
 
 
 def _set_index_field(f: h5py.File, row: int, field: str, value: str) -> None:
+    """Change one index cell, as a buggy or hostile writer would: with a matching row checksum, so that the checks
+    behind the checksum are what finds it."""
     index = f["index"]
     rows = index[()]
     rows[row][field] = value
+    rows[row]["row_crc32c"] = row_crc32c(rows[row])
     index[row] = rows[row]
+
+
+def _flip(src: str, dst: str, old: bytes, new: bytes) -> None:
+    """Copy ``src`` with every occurrence of ``old`` replaced (bytes changed behind HDF5's back, as a flaky disk or
+    share would change them)."""
+    with open(src, "rb") as fh:
+        data = fh.read()
+    assert len(old) == len(new) and old in data, old
+    with open(dst, "wb") as fh:
+        fh.write(data.replace(old, new))
+
+
+def _flip_record_data(src: str, dst: str, name: str) -> None:
+    """Copy ``src`` with the first 4 bytes of the contiguous dataset ``name`` inverted."""
+    with h5py.File(src, "r") as f:
+        offset = f[name].id.get_offset()
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as fh:
+        fh.seek(offset)
+        head = fh.read(4)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in head))
 
 
 def make(out: str) -> list[str]:
@@ -108,6 +143,9 @@ def make(out: str) -> list[str]:
     _edit(base, p("absurd_shape.h5"),
           lambda f: _set_index_field(f, 0, "shape", "[1099511627776, 1099511627776]"))
     _edit(base, p("shape_mismatch.h5"), lambda f: _set_index_field(f, 2, "shape", "[4, 4]"))
+    _flip_record_data(base, p("flipped_data.h5"), "data/r00000001")
+    _flip(base, p("flipped_index.h5"), b"layers.2:out", b"layers.3:out")  # one bit of the row's site
+    _flip(base, p("flipped_manifest.h5"), b'"host": "bad-host"', b'"host": "bad-hosu"')  # one bit
 
     # a writer that never finished: the partial file as a killed process leaves it, and the same file renamed
     w = DumpWriter(p("leftover.h5"), _manifest())

@@ -155,7 +155,7 @@ def _array(a: np.ndarray) -> dict:
 
 
 def describe_dump(path: str) -> dict:
-    """What a reader sees in a dump: manifest, every record (stats, stored-bit hashes), arrays."""
+    """What a reader sees in a dump: manifest, every record (stats, stored-bit hashes, checksums from 1.1), arrays."""
     with open_dump(path) as r:
         records = []
         for info in r.records():
@@ -169,10 +169,15 @@ def describe_dump(path: str) -> dict:
                 rec["blocks"] = _array(np.concatenate(list(r.iter_blocks(info, 5, raw=True))))
             if info.aux:
                 rec["aux"] = _array(r.read_aux(info))
+            if r.checksums:  # 1.1: the stored checksums are part of what a reader sees (keys absent before 1.1)
+                rec["crc32c"] = {"data": info.data_crc32c, "aux": info.aux_crc32c}
             records.append(rec)
-        return {"kind": "dump", "format_version": r.format_version, "compression": r.compression,
-                "manifest": json.loads(r.manifest.to_json()), "records": records,
-                "arrays": {n: _array(r.array(n)) for n in r.array_names()}}
+        doc = {"kind": "dump", "format_version": r.format_version, "compression": r.compression,
+               "manifest": json.loads(r.manifest.to_json()), "records": records,
+               "arrays": {n: _array(r.array(n)) for n in r.array_names()}}
+        if r.checksums:
+            doc["checksums"] = True
+        return doc
 
 
 def describe_inputs(path: str) -> dict:
