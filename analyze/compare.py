@@ -9,8 +9,9 @@ import time
 
 import numpy as np
 
-from protocol import CorruptDumpError, DumpReader, PairingError, RecordInfo, read_ahead, split_site
-from protocol.console import progress as progress_bar
+from common.read_ahead import read_ahead
+from protocol import CorruptDumpError, DumpReader, PairingError, RecordInfo, split_site
+from common.console import progress as progress_bar
 
 from .judge import Decision, judge_record, judge_site
 from .localize import floor_errors

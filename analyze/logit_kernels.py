@@ -25,7 +25,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from protocol.jit import jit
+from common.jit import jit
 
 #: every kernel: no GIL; numpy's error model (a float division by zero gives inf/NaN instead of raising, which also
 #: lets the loops vectorize)

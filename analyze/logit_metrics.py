@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from protocol.compiled import load
+from common.compiled import load
 
 #: Per-token metric names, in report order.
 LOGIT_METRICS = ("kl", "kl_reverse", "js", "kl_abs_variant", "top1_agree", "topk_overlap", "delta_p",

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from protocol import atomic_write_json
-from protocol.errors import ReportError
+
+from .errors import ReportError
 
 SCHEMA_VERSION = "1.2"
 REPORT_KIND = "tensorparity.report"

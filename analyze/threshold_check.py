@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 
-from protocol.errors import ReportError
-
+from .errors import ReportError
 from .judge import DIRECTIONS, Decision, judge_record, judge_site, limit_ratio
 from .localize import report_sites
 from .thresholds import (DEFAULT_MAX_FAILURE_RATE, MAX_LISTED_TOKENS, MAX_WORST_SITES, as_thresholds,

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocol import atomic_write_json
-from protocol.errors import ReportError, ThresholdFileError
 
+from .errors import ReportError, ThresholdFileError
 from .judge import DIRECTIONS
 from .localize import report_sites
 from .report import read_report

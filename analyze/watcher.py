@@ -1,6 +1,6 @@
 """The watcher daemon: compares each run's candidate dumps with its reference as soon as both are in place.
 
-Design (ARCHITECTURE.md section 3):
+Design (docs/ARCHITECTURE.md section 3):
 - Its state is what is on disk. A pair is done when ``ROOT/reports/<run>/<ref>__vs__<cand>.json`` exists (the CSV
   and HTML are moved into place first, the JSON last); a dump that cannot be used has ``<label>.error.json``. So a
   restarted watcher re-analyses exactly the pairs that have no JSON report yet.

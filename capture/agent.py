@@ -15,7 +15,6 @@ fails its job with a clear error instead of stopping the agent.
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from protocol.claims import (
     ABANDONED, Claim, ClaimSite, discard_work_dir, new_agent_identity, publish_work, read_current_claim,
     stale_reason, take_over, try_claim, update_claim,
 )
+from protocol.backends import BACKENDS, OPTIONS
 from protocol.fsprobe import probe_folder
 from protocol.jobs import Job, read_job, utc_now, write_job
 
@@ -36,12 +36,6 @@ from .policy import RecordPolicy
 
 log = logging.getLogger(__name__)
 
-#: backend name -> (module, class); each class has ``from_pretrained(model, device=, dtype=, **options)``.
-BACKEND_CLASSES = {
-    "torch": ("capture.torch_backend", "TorchBackend"),
-    "onnx": ("capture.onnx_backend", "OnnxBackend"),
-    "genai": ("capture.genai_backend", "GenaiBackend"),
-}
 
 
 class AgentStopped(BaseException):
@@ -347,39 +341,41 @@ class Agent:
                                  extra={"claim": {"attempt": claim.attempt, "agent": claim.agent["id"],
                                                   "host": claim.agent["host"]}})
         backend = load_backend(target.get("backend") or s.backend or job.backend,
-                               files["model"] or files["model_id"], device=target.get("device", s.device),
-                               dtype=target.get("dtype", s.dtype),
-                               attn_implementation=target.get("attn_implementation", s.attn_implementation),
-                               provider=target.get("provider", s.provider))
+                               files["model"] or files["model_id"], target=target,
+                               defaults={"device": s.device, "dtype": s.dtype, "provider": s.provider,
+                                         "attn_implementation": s.attn_implementation})
         return backend.capture(read_input_set(files["inputs"]), output, options, progress=_StopCheck(self))
 
 
-def load_backend(name: str, model: str, *, device: str, dtype: str, attn_implementation: str | None = None,
-                 provider: str | None = None):
-    """Import the backend ``name`` and open ``model`` with it.
+def load_backend(name: str, model: str, *, target: dict | None = None, defaults: dict | None = None):
+    """Open ``model`` with backend ``name`` of the registry (protocol/backends.py), by its factory.
 
-    The torch backend takes device and dtype; the ONNX backends take an execution provider (``provider``, or
-    ``cuda``/``cpu`` from the device) and run the dtype their graph was built with. Each backend receives the
-    options its factory accepts.
+    Args:
+        target: the job's options for this label (``device``, ``dtype``, ``provider``, ``attn_implementation``):
+            each is passed, and a backend that cannot honour one refuses it (never dropped).
+        defaults: the agent's own defaults (its command line): passed only where the backend honours them, since
+            they describe the host, not the job.
 
     Raises:
-        CaptureError: the backend is unknown or not available on this host (not installed, or not built yet).
+        CaptureError: the backend is unknown, not available on this host (not installed, or not built yet), or
+            cannot honour an option of the job.
     """
-    if name not in BACKEND_CLASSES:
-        raise CaptureError(f"unknown backend {name!r}", hint=f"use one of {', '.join(BACKEND_CLASSES)}")
-    module_name, class_name = BACKEND_CLASSES[name]
+    spec = BACKENDS.get(name)
+    if spec is None:
+        raise CaptureError(f"unknown backend {name!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    module_name, _, attr = spec.factory.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        factory = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
     except (ImportError, AttributeError) as exc:
         raise CaptureError(f"backend {name!r} is not available on this agent ({exc})",
-                           hint=f"install tensorparity[{name}] on this host, or run this label elsewhere") from None
-    factory = getattr(cls, "from_pretrained", None) or cls
-    ep = provider or ("cuda" if device.startswith("cuda") else "cpu")
-    options = {"device": device, "dtype": dtype, "attn_implementation": attn_implementation,
-               "trust_remote_code": False, "ep": ep, "provider": ep}
-    params = inspect.signature(factory).parameters
-    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return factory(model, **{k: v for k, v in options.items() if v is not None and (any_keyword or k in params)})
+                           hint=f"install tensorparity[{spec.extra}] on this host, or run this label elsewhere") \
+            from None
+    target, defaults = target or {}, defaults or {}
+    options = {k: target[k] if k in target else (defaults.get(k) if k in spec.honours else None) for k in OPTIONS}
+    return factory(model, **options)
+
 
 def submit_job(root: str, job: Job, inputs_path: str) -> str:
     """Copy an input set into ROOT/inputs/<sha256>.h5 (once) and write the job atomically under ROOT/jobs/.

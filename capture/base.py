@@ -83,7 +83,7 @@ class CaptureBackend(abc.ABC):
             inputs: the input set (its sha256 goes into the manifest).
             output: the dump path; must not exist (dumps are never overwritten).
             options: what to capture.
-            progress: an object with ``advance()``/``update()`` (see protocol.console.progress), or None.
+            progress: an object with ``advance()``/``update()`` (see common.console.progress), or None.
 
         Raises:
             CaptureError: a bad option, an unwritable output, a failing model, a failed write.

@@ -21,6 +21,7 @@ from importlib import metadata
 import numpy as np
 
 from protocol import CaptureError, InputSet, RecordKey
+from protocol.backends import check_options
 
 from .base import CaptureBackend, CaptureOptions, reference_tokens
 from .onnx_backend import file_sha256
@@ -64,6 +65,18 @@ class GenaiBackend(CaptureBackend):
     """
 
     method = "ort-genai"
+
+    @classmethod
+    def open(cls, model: str, *, device: str | None = None, dtype: str | None = None, provider: str | None = None,
+             attn_implementation: str | None = None) -> "GenaiBackend":
+        """The registry's factory (protocol/backends.py).
+
+        Raises:
+            CaptureError: any device, dtype, provider or attention choice (the build and the installed distribution
+                fix them), or what the constructor raises.
+        """
+        check_options("genai", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation)
+        return cls(model)
 
     def __init__(self, model_dir: str, *, intermediates: bool = False, include_ops=None, exclude_ops=None,
                  name_regex: str | None = None, rename=None, reference_sites: str | None = None,

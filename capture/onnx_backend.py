@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from protocol import CaptureError, InputSet, RecordKey
+from protocol.backends import check_options
 
 from .base import CaptureBackend, CaptureOptions
 from .onnx_inject import InjectedModel, inject_outputs, load_graph_only
@@ -125,6 +126,18 @@ class OnnxBackend(CaptureBackend):
     """
 
     method = "onnx-output-injection"
+
+    @classmethod
+    def open(cls, model: str, *, device: str | None = None, dtype: str | None = None, provider: str | None = None,
+             attn_implementation: str | None = None) -> "OnnxBackend":
+        """The registry's factory (protocol/backends.py): the execution provider is ``provider``, else ``cuda`` for
+        a cuda device and ``cpu`` otherwise.
+
+        Raises:
+            CaptureError: a dtype or attention choice (the graph fixes both), or what the constructor raises.
+        """
+        check_options("onnx", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation)
+        return cls(model, ep=provider or ("cuda" if (device or "").startswith("cuda") else "cpu"))
 
     def __init__(self, model_path: str, ep: str = "cpu", provider_options: dict | None = None,
                  graph_optimization: str = "all", include_ops=None, exclude_ops=None, name_regex: str | None = None,
@@ -324,7 +337,7 @@ def run_capture(backend: CaptureBackend, inputs_path: str, output: str, options:
         ParityError: a bad input set, an existing output, or any capture error.
     """
     from protocol import read_input_set
-    from protocol.console import progress
+    from common.console import progress
     if os.path.exists(output):
         raise CaptureError("a dump already exists under this name", output,
                            "choose another output name; tensorparity never overwrites a dump")

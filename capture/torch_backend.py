@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from protocol import CaptureError, InputSet
+from protocol.backends import check_options
 
 from .base import CaptureBackend, CaptureOptions, CaptureSummary, reference_tokens
 from .flatten import flatten
@@ -78,6 +79,19 @@ class TorchBackend(CaptureBackend):
         model = load_hf_model(model_path_or_id, device=dev, dtype=dt, attn_implementation=attn_implementation,
                               trust_remote_code=trust_remote_code)
         return cls(model, device=device, dtype=dtype, model_path=model_path_or_id, selection=selection)
+
+    @classmethod
+    def open(cls, model: str, *, device: str | None = None, dtype: str | None = None, provider: str | None = None,
+             attn_implementation: str | None = None) -> "TorchBackend":
+        """The registry's factory (protocol/backends.py): ``from_pretrained`` on ``device`` (default cpu) in
+        ``dtype`` (default float32).
+
+        Raises:
+            CaptureError: a provider (a torch model has none), or what ``from_pretrained`` raises.
+        """
+        check_options("torch", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation)
+        return cls.from_pretrained(model, device=device or "cpu", dtype=dtype or "float32",
+                                   attn_implementation=attn_implementation)
 
     # -- CaptureBackend --------------------------------------------------------------------------------------------
 
@@ -282,7 +296,7 @@ def capture_torch_model(model: str, inputs_path: str, output: str, options: Capt
         ParityError: a bad input set, model, device, dtype, reference or output.
     """
     from protocol import read_input_set
-    from protocol.console import progress
+    from common.console import progress
     inputs = read_input_set(inputs_path)
     if os.path.exists(output):
         raise CaptureError("a dump already exists under this name", output,

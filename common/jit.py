@@ -1,5 +1,5 @@
 """How the optional compiled kernels are built (numba, from the ``fast`` extra). Importing this module imports numba;
-only kernel modules import it, and only ``protocol.compiled.load`` imports those (never ``import protocol``)."""
+only kernel modules import it, and only ``common.compiled.load`` imports those (never ``import protocol``)."""
 from __future__ import annotations
 
 import numba

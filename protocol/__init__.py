@@ -10,7 +10,7 @@ from .dump_reader import DumpReader, block_slices, open_dump
 from .dump_writer import COMPRESSIONS, DumpWriter
 from .errors import (
     CaptureError, CorruptDumpError, IncompleteDumpError, InputSetMismatchError, JobError, NotAParityFileError,
-    PairingError, ParityError, ReportError, ThresholdFileError, UnsupportedFolderError, UnsupportedVersionError,
+    PairingError, ParityError, UnsupportedFolderError, UnsupportedVersionError,
 )
 from .folder import (
     SharedFolder, atomic_write_json, check_name, create_exclusive_json, link_no_replace, parse_dump_name, read_json,
@@ -19,7 +19,6 @@ from .folder import (
 from .inputs import InputSample, InputSet, input_set_sha256, read_input_set, write_input_set
 from .keys import RecordKey, make_site, split_site
 from .manifest import CAPTURE_METHODS, CAPTURE_MODES, Manifest
-from .read_ahead import read_ahead
 from .records import RecordInfo
 from .stats import StatsAccumulator, TensorStats, compute_stats
 from .validate import ValidationResult, validate
@@ -29,11 +28,11 @@ __all__ = [
     "dot", "row_dots", "bfloat16_bits", "decode", "DumpReader", "block_slices", "open_dump", "COMPRESSIONS",
     "DumpWriter",
     "CaptureError", "CorruptDumpError", "IncompleteDumpError", "InputSetMismatchError", "JobError",
-    "NotAParityFileError", "PairingError", "ParityError", "ReportError", "ThresholdFileError",
+    "NotAParityFileError", "PairingError", "ParityError", 
     "UnsupportedFolderError", "UnsupportedVersionError", "SharedFolder", "atomic_write_json", "check_name",
     "create_exclusive_json", "link_no_replace", "parse_dump_name", "read_json", "resolve_inside", "write_new_json",
     "InputSample", "InputSet", "input_set_sha256",
     "read_input_set", "write_input_set", "RecordKey", "make_site", "split_site", "CAPTURE_METHODS",
-    "CAPTURE_MODES", "Manifest", "read_ahead", "RecordInfo", "StatsAccumulator", "TensorStats", "compute_stats",
+    "CAPTURE_MODES", "Manifest", "RecordInfo", "StatsAccumulator", "TensorStats", "compute_stats",
     "ValidationResult", "validate", "DUMP_FORMAT", "FORMAT_VERSION", "INPUTS_FORMAT",
 ]

@@ -65,16 +65,8 @@ class CaptureError(ParityError):
     """A capture that cannot run: a missing model, an unavailable device or provider, a failed write."""
 
 
-class ThresholdFileError(ParityError):
-    """A thresholds file that is missing, malformed, or of an unsupported version."""
-
-
 class JobError(ParityError):
     """A job or claim document in a shared folder that is invalid or unsafe to execute."""
-
-
-class ReportError(ParityError):
-    """A report file that is missing, malformed, or of an unsupported schema version."""
 
 
 class UnsupportedFolderError(ParityError):

@@ -36,6 +36,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 
+from .backends import BACKEND_NAMES, describe_honoured, unhonoured
 from .errors import JobError
 from .folder import SharedFolder, check_name, create_exclusive_json, read_json, resolve_inside
 from .manifest import CAPTURE_MODES
@@ -43,7 +44,7 @@ from .version import parse_version
 
 JOB_FORMAT = "tensorparity.job"
 JOBS_FORMAT_VERSION = "1.0"
-BACKENDS = ("torch", "onnx", "genai")
+BACKENDS = BACKEND_NAMES  # the registry's (protocol/backends.py)
 TARGET_KEYS = ("device", "dtype", "backend", "model", "attn_implementation", "compression", "provider")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
@@ -180,6 +181,10 @@ class Job:
                 else:
                     _expect(isinstance(value, str) and value != "", f"targets[{label!r}].{key} must be a string",
                             path)
+            backend = target.get("backend", self.backend)
+            bad = unhonoured(backend, target)
+            _expect(not bad, f"targets[{label!r}] sets {', '.join(bad)}, which the {backend} backend cannot honour "
+                             f"(it takes {describe_honoured(backend)})", path)
         if self.thresholds is not None:
             check_relative_path(self.thresholds, "thresholds", path)
         return self

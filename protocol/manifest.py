@@ -6,7 +6,7 @@ import json
 import socket
 from dataclasses import asdict, dataclass, field, fields
 
-CAPTURE_METHODS = ("torch-hooks", "onnx-output-injection", "ort-genai", "external")
+from .backends import CAPTURE_METHODS  # one per backend of the registry, and "external"
 CAPTURE_MODES = ("forward", "generate", "teacher-forced")
 
 

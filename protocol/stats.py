@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .compiled import load
+from common.compiled import load
 from .dots import dot
 
 _BLOCK = 1 << 17  # elements per float64 block (1 MiB): stays in cache across the passes, memory bounded

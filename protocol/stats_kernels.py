@@ -9,13 +9,13 @@ on a given CPU. ``centred`` (the second pass for blocks whose mean dwarfs their 
 is what makes its full ``fastmath`` safe.
 
 Importing this module imports numba (0.2 s), so protocol.stats imports it on first use only (``_kernels()``), never
-at ``import protocol`` (``protocol.compiled.load``).
+at ``import protocol`` (``common.compiled.load``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .jit import jit
+from common.jit import jit
 
 #: every kernel: no GIL; numpy's error model (no ZeroDivisionError checks, which would stop vectorization)
 _KERNEL = {"nogil": True, "error_model": "numpy"}

@@ -124,7 +124,7 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, samples: int = 4, tokens: 
     from capture.tiny_models import build_tiny_llama
     from capture.torch_backend import TorchBackend
     from protocol import read_input_set, write_input_set
-    from protocol.console import progress
+    from common.console import progress
 
     folder = fresh_run_folder(out)
     echo(f"demo folder: {folder}")

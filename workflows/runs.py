@@ -1,5 +1,5 @@
 """Running captures for the workflows: a Hugging Face model in this process, an ORT GenAI or ONNX model in this
-process or in a subprocess of another interpreter (``python -m analyze.cli.main capture ...``).
+process or in a subprocess of another interpreter (``python -m workflows.cli.main capture ...``).
 
 Every capture writes a real dump through capture/'s backends; the workflows then read the dumps with analyze/.
 """
@@ -101,12 +101,12 @@ def capture_onnx_outputs(model_path: str, inputs_path: str, output: str, label: 
 
 def capture_command(spec: ModelSpec, inputs_path: str, output: str, *, mode: str = "forward",
                     max_new_tokens: int = 0, reference: str | None = None) -> list[str]:
-    """The ``python -m analyze.cli.main capture genai|onnx ...`` command line that captures ``spec`` in a subprocess
+    """The ``python -m workflows.cli.main capture genai|onnx ...`` command line that captures ``spec`` in a subprocess
     of ``spec.python`` (the interpreter of the environment that holds that execution provider's packages)."""
     if spec.kind not in ("genai", "onnx"):
         raise ValueError(f"no subprocess capture for kind {spec.kind!r}")
     python = spec.python or sys.executable
-    cmd = [python, "-m", "analyze.cli.main", "capture", spec.kind, spec.path, "--inputs", inputs_path,
+    cmd = [python, "-m", "workflows.cli.main", "capture", spec.kind, spec.path, "--inputs", inputs_path,
            "--label", spec.label, "-o", output, "--mode", mode]
     if max_new_tokens:
         cmd += ["--max-new-tokens", str(max_new_tokens)]
@@ -136,7 +136,7 @@ def run_capture_subprocess(spec: ModelSpec, inputs_path: str, output: str, *, de
     if os.sep in python and not os.path.exists(python):
         raise CaptureError("Python interpreter not found", python, "pass --python with an existing interpreter")
     if debug:
-        cmd.insert(3, "-vv")  # right after "-m analyze.cli.main": the root group's verbosity
+        cmd.insert(3, "-vv")  # right after "-m workflows.cli.main": the root group's verbosity
     log.debug("running %s", " ".join(cmd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from protocol.console import log_to_stderr, stop_on_signals
+from common.console import log_to_stderr, stop_on_signals
 
 
 @click.command("watch")

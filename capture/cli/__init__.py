@@ -1,1 +1,1 @@
-"""capture/ commands of the root ``parity`` CLI (loaded lazily by analyze/cli/main.py)."""
+"""capture/ commands of the root ``parity`` CLI (their table: capture/cli/commands.py; composed by workflows/cli/main.py)."""

@@ -6,7 +6,7 @@ import logging
 import click
 
 from protocol import COMPRESSIONS
-from protocol.console import log_to_stderr, stop_on_signals
+from common.console import log_to_stderr, stop_on_signals
 from protocol.jobs import BACKENDS
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import COMMANDS, cli
+from workflows.cli.main import COMMANDS, cli
 
 
 def _command_paths() -> list[tuple[str, ...]]:

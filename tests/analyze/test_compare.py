@@ -14,7 +14,8 @@ import analyze
 from analyze.render.tables import write_csv
 from analyze.report import read_report
 from protocol import compute_stats
-from protocol.errors import InputSetMismatchError, PairingError, ReportError
+from analyze.errors import ReportError
+from protocol.errors import InputSetMismatchError, PairingError
 
 from .conftest import write_dump
 from .reference_impl import logit_reference, tensor_reference
@@ -214,6 +215,6 @@ def test_nothing_in_common_is_an_error_not_a_pass(tmp_path, input_set):
         analyze.compare(ref, ref, sites="typo")
     from click.testing import CliRunner
 
-    from analyze.cli.main import cli
+    from workflows.cli.main import cli
     result = CliRunner().invoke(cli, ["compare", ref, cand])
     assert result.exit_code == 3 and result.output.count("\n") == 1 and "no record key in common" in result.output

@@ -14,11 +14,7 @@ DOCS = os.path.join(ROOT, "docs")
 STEMS = ("METRICS", "ARCHITECTURE", "ENVIRONMENT", "PERFORMANCE")
 #: files that still cite a bare name, to be fixed (they were being rewritten when docs/ was made): path ->
 #: how many bare references it may hold. Remove an entry once its file says docs/<name>.md.
-ALLOWED_BARE = {
-    "analyze/watcher.py": 1,
-    "tests/e2e/test_workflow_backends.py": 1,
-    "tests/protocol/test_import_boundaries.py": 1,
-}
+ALLOWED_BARE: dict = {}
 
 _NUM = r"\d+(?:\.\d+)*"
 _NUMS = rf"{_NUM}(?:\s*(?:-|–|,|and|or)\s*{_NUM})*"

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import analyze
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from workflows.demo import plant_fault
 from analyze.render.html import render_html, write_html
 

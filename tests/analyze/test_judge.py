@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import analyze
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from analyze.judge import Decision, judge_record, judge_site
 from analyze.render.tables import write_csv
 from analyze.render.text import summary_lines

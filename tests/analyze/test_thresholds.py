@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 import analyze
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from workflows.demo import plant_fault
 from analyze.render.text import summary_lines
 from analyze.report import read_report
 from analyze.threshold_check import apply_thresholds, check_report_file
 from analyze.thresholds import build_thresholds, read_thresholds, statistic, write_thresholds
-from protocol.errors import ThresholdFileError
+from analyze.errors import ThresholdFileError
 
 from .torch_dumps import capture, input_set
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import analyze
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from analyze.render.html import render_html
 from analyze.render.text import summary_lines
 from capture.base import CaptureOptions

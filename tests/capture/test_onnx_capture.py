@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from capture.base import CaptureOptions
 from capture.onnx_backend import OnnxBackend, run_capture
 from capture.onnx_inject import inject_outputs, load_graph_only, select_values

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from capture.random_inputs import RandomInputOptions, draw_samples, read_input_specs, write_random_inputs
 from protocol import CaptureError, read_input_set
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from capture.base import CaptureOptions
 from capture.onnx_backend import OnnxBackend, run_capture
 from capture.standard_inputs import InputAdjustments, default_value, fit_inputs

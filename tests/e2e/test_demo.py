@@ -51,6 +51,6 @@ def test_demo_refuses_a_file_as_out(tmp_path, parity_exe):
 def test_demo_help_names_an_example():
     from click.testing import CliRunner
 
-    from analyze.cli.main import cli
+    from workflows.cli.main import cli
     res = CliRunner().invoke(cli, ["demo", "--help"])
     assert res.exit_code == 0 and "parity demo --out demo-out" in res.output

@@ -36,5 +36,5 @@ def test_torch_reference_and_onnx_runtime_candidate_are_captured_and_compared(pr
     report = read_json(report_path)
     logits = [s for s in report["sites"] if s["site"].endswith(":out.logits") or s["site"].endswith("logits")]
     assert logits, [s["site"] for s in report["sites"]][:20]
-    # ONNX Runtime's fp32 kernels move the logits by ~1e-6 (ENVIRONMENT.md): paired and far below 1e-3
+    # ONNX Runtime's fp32 kernels move the logits by ~1e-6 (docs/ENVIRONMENT.md section 4): paired and far below 1e-3
     assert max(s["aggregates"]["rel_l2"]["max"] for s in logits) < 1e-3

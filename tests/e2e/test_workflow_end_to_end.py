@@ -7,7 +7,7 @@ import subprocess
 
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from protocol import SharedFolder, open_dump
 
 from .conftest import ENV, claim_of, make_inputs, no_failed_claims, read_json, wait_for

@@ -11,7 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from tests.capture.onnx_fixtures import (
     exported, genai_build, short_context_genai_build, short_context_llama_dir, tiny_llama_dir,
 )

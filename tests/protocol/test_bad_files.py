@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from protocol import ParityError, open_dump, validate
 from tests.protocol.support import REPO, load_script
 

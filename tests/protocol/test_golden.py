@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from protocol import FORMAT_VERSION, open_dump, read_input_set, validate
 from tests.protocol.support import REPO, load_script
 

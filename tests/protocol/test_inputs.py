@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from protocol import (
     CorruptDumpError, InputSample, NotAParityFileError, ParityError, input_set_sha256, read_input_set, validate,
     write_input_set,

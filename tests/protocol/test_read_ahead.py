@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from protocol import read_ahead
+from common.read_ahead import read_ahead
 
 
 def test_items_come_in_order_and_are_made_on_another_thread():

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocol import DumpWriter, RecordKey, block_slices, compute_stats, open_dump, read_ahead
+from common.read_ahead import read_ahead
+from protocol import DumpWriter, RecordKey, block_slices, compute_stats, open_dump
 from tests.protocol.support import (
     PROPERTY, assert_stats_match, float_values, golden_manifest, reference_stats, same_bits,
 )

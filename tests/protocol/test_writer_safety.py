@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from analyze.cli.main import cli
+from workflows.cli.main import cli
 from protocol import CaptureError, DumpWriter, IncompleteDumpError, RecordKey, open_dump, validate
 from tests.protocol.support import golden_manifest
 

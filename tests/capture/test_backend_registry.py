@@ -1,0 +1,74 @@
+"""One backend registry (protocol/backends.py): the jobs, the manifest's capture methods, the agent and the
+``parity capture`` commands all derive from it, and an option a backend cannot honour is refused, never dropped."""
+from __future__ import annotations
+
+import importlib
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from capture.agent import load_backend
+from protocol import CAPTURE_METHODS, CaptureError, JobError
+from protocol.backends import BACKENDS, OPTIONS, unhonoured
+from protocol.jobs import BACKENDS as JOB_BACKENDS
+from protocol.jobs import Job
+from workflows.cli.main import cli
+
+SHA = "0" * 64
+
+
+def _resolve(target: str):
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_entry_resolves_and_matches_its_backend(name):
+    spec = BACKENDS[name]
+    factory = _resolve(spec.factory)
+    assert callable(factory) and factory.__self__.method == spec.method  # a classmethod of the backend class
+    assert isinstance(_resolve(spec.command), click.Command)
+    assert spec.honours <= set(OPTIONS)
+
+
+def test_jobs_methods_and_commands_derive_from_the_registry():
+    assert JOB_BACKENDS == tuple(BACKENDS)
+    assert CAPTURE_METHODS == tuple(s.method for s in BACKENDS.values()) + ("external",)
+    listed = CliRunner().invoke(cli, ["capture", "--help"])
+    assert listed.exit_code == 0
+    commands = listed.output.split("Commands:")[1].split()
+    assert [w for w in commands if w in BACKENDS] == sorted(BACKENDS)
+
+
+def _job(targets: dict, backend: str = "torch") -> Job:
+    return Job(run_id="run1", model={"path": "models/tiny"}, backend=backend, inputs=SHA, labels=["a", "b"],
+               reference="a", targets=targets)
+
+
+def test_a_job_asking_a_backend_for_what_it_cannot_honour_is_refused():
+    _job({"b": {"dtype": "bfloat16", "device": "cpu"}}).validate()
+    with pytest.raises(JobError, match=r"^targets\['b'\] sets provider, which the torch backend cannot honour \(it "
+                                       r"takes device, dtype, attn_implementation\)$"):
+        _job({"b": {"provider": "cuda"}}).validate()
+    with pytest.raises(JobError, match=r"targets\['b'\] sets dtype, which the genai backend cannot honour \(it "
+                                       r"takes none of device, dtype, provider, attn_implementation\)"):
+        _job({"b": {"backend": "genai", "dtype": "int4"}}).validate()
+    assert unhonoured("onnx", {"device": "cuda", "provider": None, "dtype": "float16"}) == ["dtype"]
+
+
+def test_the_agent_passes_job_options_strictly_and_host_defaults_where_they_apply(tmp_path):
+    defaults = {"device": "cpu", "dtype": "float32", "provider": None, "attn_implementation": None}
+    # a job's option the backend cannot honour: refused before anything is loaded
+    with pytest.raises(CaptureError, match=r"the genai backend cannot honour device='cuda'"):
+        load_backend("genai", str(tmp_path), target={"device": "cuda"}, defaults=defaults)
+    # the agent's own defaults describe the host: a GenAI backend gets none of them, and opens the folder
+    with pytest.raises(CaptureError, match=r"not an ORT GenAI model folder \(no genai_config.json\)"):
+        load_backend("genai", str(tmp_path), target={}, defaults=defaults)
+    with pytest.raises(CaptureError, match=r"the onnx backend cannot honour dtype='bfloat16'"):
+        load_backend("onnx", str(tmp_path / "m.onnx"), target={"dtype": "bfloat16"}, defaults=defaults)
+    with pytest.raises(CaptureError, match=r"^unknown backend 'tflite'"):
+        load_backend("tflite", str(tmp_path))

@@ -1,0 +1,1 @@
+"""The root ``parity`` CLI: the composition layer above capture/ and analyze/ (workflows/cli/main.py)."""
