@@ -19,7 +19,6 @@ Environment overrides for ``python -m bench``: BENCH_IO_ARRAYS, BENCH_IO_MB, BEN
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -31,6 +30,7 @@ import zlib
 import numpy as np
 
 from bench import record
+from bench.protocol_io import io_arguments
 from protocol import DumpReader, DumpWriter, Manifest, RecordKey, compute_stats
 from protocol import dump_reader as _reader_mod
 from protocol import dump_writer as _writer_mod
@@ -156,12 +156,7 @@ def run(n_arrays: int = 64, mb: int = 16, repeat: int = 5, folder: str | None = 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``python -m bench`` (no arguments: environment defaults) and direct runs."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arrays", type=int, default=int(os.environ.get("BENCH_IO_ARRAYS", 64)))
-    p.add_argument("--mb", type=int, default=int(os.environ.get("BENCH_IO_MB", 16)))
-    p.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_IO_REPEAT", 5)))
-    p.add_argument("--dir", default=os.environ.get("BENCH_IO_DIR"), help="folder for the files (default: temp)")
-    args = p.parse_args([] if argv is None else argv)
+    args = io_arguments(argv, __doc__.splitlines()[0], repeat=5)
     run(args.arrays, args.mb, args.repeat, args.dir)
 
 

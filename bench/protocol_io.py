@@ -155,14 +155,20 @@ def run(n_arrays: int = 64, mb: int = 16, repeat: int = 3, folder: str | None = 
     return docs
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point for ``python -m bench`` (no arguments: environment defaults) and direct runs."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def io_arguments(argv: list[str] | None, description: str, repeat: int) -> argparse.Namespace:
+    """The arguments of the I/O benchmarks (this one and checksum_cost): --arrays, --mb, --repeat, --dir, with
+    the BENCH_IO_* environment variables as defaults (``python -m bench`` passes no arguments)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--arrays", type=int, default=int(os.environ.get("BENCH_IO_ARRAYS", 64)))
     p.add_argument("--mb", type=int, default=int(os.environ.get("BENCH_IO_MB", 16)))
-    p.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_IO_REPEAT", 3)))
+    p.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_IO_REPEAT", repeat)))
     p.add_argument("--dir", default=os.environ.get("BENCH_IO_DIR"), help="folder for the files (default: temp)")
-    args = p.parse_args([] if argv is None else argv)
+    return p.parse_args([] if argv is None else argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``python -m bench`` (no arguments: environment defaults) and direct runs."""
+    args = io_arguments(argv, __doc__.splitlines()[0], repeat=3)
     run(args.arrays, args.mb, args.repeat, args.dir)
 
 
