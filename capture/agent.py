@@ -9,8 +9,8 @@ fails), and marks its attempt done or failed with the error. It logs one line pe
 abandons the running capture at once: its partial file is removed by the writer and the claim is marked failed with
 ``abandoned``, which any agent of the label (or this one, restarted) takes over.
 
-Backends are imported lazily by name (``torch``, ``onnx``, ``genai``); a backend that is not installed or not built
-fails its job with a clear error instead of stopping the agent.
+Backends are imported lazily by name through the registry (protocol/backends.py: ``torch``, ``onnx``, ``genai``);
+a backend that is not installed or not built fails its job with a clear error instead of stopping the agent.
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ from .base import CaptureOptions
 from .policy import RecordPolicy
 
 log = logging.getLogger(__name__)
-
 
 
 class AgentStopped(BaseException):
