@@ -14,6 +14,9 @@ what the checksums add in work, which the machine's other users do not blur). Re
 record with and without verification. Files are fsynced at close (the writer does it); reads come from the page
 cache.
 
+``run_p2`` measures P2 of the capture (bench/capture_overhead.py's model) with and without the data checksums in the
+same rounds.
+
 Run: ``python -m bench checksum_cost`` or ``python -m bench.checksum_cost --arrays 16 --mb 16 --repeat 3``.
 Environment overrides for ``python -m bench``: BENCH_IO_ARRAYS, BENCH_IO_MB, BENCH_IO_REPEAT, BENCH_IO_DIR.
 """
@@ -154,10 +157,49 @@ def run(n_arrays: int = 64, mb: int = 16, repeat: int = 5, folder: str | None = 
     return docs
 
 
+def run_p2(repeat: int = 7, folder: str | None = None) -> list[dict]:
+    """P2 of bench/capture_overhead.py with and without the data checksums, in the same interleaved rounds (bare
+    forward, full capture, full capture with ``array_crc32c`` stubbed out, the raw h5py write of the same bytes);
+    best of rounds, as capture_overhead reports P2."""
+    import torch
+
+    from .capture_overhead import _bare, _captured, build_model
+    from .protocol_io import raw_write
+    work = tempfile.mkdtemp(prefix="bench-crc-p2-", dir=folder)
+    try:
+        model = build_model(8, 512, 4096)
+        ids = torch.randint(4, 4096, (1, 512), generator=torch.Generator().manual_seed(0))
+        feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+        _bare(model, feed)
+        kept = os.path.join(work, "kept.h5")
+        _captured(model, feed, kept, "full")
+        with DumpReader(kept) as dump:
+            arrays = [np.ascontiguousarray(dump.read(r, raw=True)) for r in dump.records() if r.has_data]
+        times: dict = {"bare": [], "v1.1": [], "nocrc": [], "raw": []}
+        for i in range(repeat):
+            times["bare"].append(_bare(model, feed))
+            for variant in ("v1.1", "nocrc"):
+                path = os.path.join(work, f"{variant}{i}.h5")
+                with _variant(variant):
+                    times[variant].append(_captured(model, feed, path, "full")[0])
+                os.unlink(path)
+            raw_path = os.path.join(work, f"raw{i}.h5")
+            times["raw"].append(raw_write(raw_path, arrays, "none"))
+            os.unlink(raw_path)
+        best = {k: min(v) for k, v in times.items()}
+        extra = {"records": len(arrays), "bytes": int(sum(a.nbytes for a in arrays)), "rounds": repeat}
+        return [record(BENCH, f"P2_{v}", best[v] - best["bare"], "s", baseline=best["raw"],
+                       ratio=(best[v] - best["bare"]) / best["raw"], target="<=1.4", extra=extra)
+                for v in ("v1.1", "nocrc")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``python -m bench`` (no arguments: environment defaults) and direct runs."""
     args = io_arguments(argv, __doc__.splitlines()[0], repeat=5)
     run(args.arrays, args.mb, args.repeat, args.dir)
+    run_p2(folder=args.dir)
 
 
 if __name__ == "__main__":
