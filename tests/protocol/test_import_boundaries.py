@@ -13,9 +13,9 @@ FORBIDDEN = {
     "analyze": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture", "numba"],
     "capture": ["analyze", "torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
     "workflows": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
-    # the root CLI composes every package's command table, and loads no command until it runs
+    # the root CLI composes every package's command table, and loads no command module until it runs
     "workflows.cli.main": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "numba",
-                           "capture.torch_backend", "analyze.compare"],
+                           "capture.torch_backend", "analyze.cli.compare_cmd", "capture.cli.torch_cmd"],
     "common": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "numba", "click", "watchdog",
                "protocol", "capture", "analyze", "workflows"],
 }
