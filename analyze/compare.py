@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import math
 import os
 import time
 
 import numpy as np
 
+from common.console import progress as progress_bar
 from common.read_ahead import read_ahead
 from protocol import CorruptDumpError, DumpReader, PairingError, RecordInfo, split_site
-from common.console import progress as progress_bar
 
 from .judge import Decision, judge_record, judge_site
 from .localize import floor_errors
@@ -181,15 +180,13 @@ def paired_module_outputs(pairings) -> dict:
     candidate: ``{"reference": n, "paired": m}``. Across backends (a PyTorch reference, an ONNX candidate) this is
     the share of torch modules that the ONNX value names map to; between two captures of one backend it is all.
     """
-    seen, paired = set(), set()
+    def outputs(rank: int, infos) -> set:
+        return {(rank, split_site(i.key.site)[0], i.key.call) for i in infos if split_site(i.key.site)[1] == "out"}
+    paired, seen = set(), set()
     for p in pairings:
-        with_partner = ((ri, True) for ri, _ in p.pairs)
-        for info, partnered in itertools.chain(with_partner, ((i, False) for i in p.only_reference)):
-            module, direction, _ = split_site(info.key.site)
-            if direction == "out":
-                seen.add((p.rank, module, info.key.call))
-                if partnered:
-                    paired.add((p.rank, module, info.key.call))
+        paired |= outputs(p.rank, (ri for ri, _ in p.pairs))
+        seen |= outputs(p.rank, p.only_reference)
+    seen |= paired
     return {"reference": len(seen), "paired": len(paired)}
 
 
