@@ -12,7 +12,7 @@ from common.console import progress as progress_bar
 from common.read_ahead import read_ahead
 from protocol import CorruptDumpError, DumpReader, PairingError, RecordInfo, split_site
 
-from .judge import Decision, judge_record, judge_site
+from .judge import DEFAULT_REPLAY_FACTOR, Decision, judge_record, judge_site
 from .localize import floor_errors
 from .logit_block import build_logit_site, compare_logit_records, logit_pair_usable
 from .logit_metrics import DEFAULT_TOPK, LOGIT_METRICS
@@ -33,7 +33,8 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
             logit_sites: str | None = None, tolerances: dict | None = None,
             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             topk: int = DEFAULT_TOPK, show_progress: bool | None = None, thresholds=None, floor=None,
-            max_failure_rate: float = 0.01) -> Report:
+            max_failure_rate: float = 0.01, replay=None, replay_factor: float = DEFAULT_REPLAY_FACTOR,
+            replay_modules: str | None = None, replay_device: str | None = None) -> Report:
     """Compare a candidate dump with a reference dump.
 
     Args:
@@ -52,6 +53,12 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         floor: a noise-floor dump (the reference captured a second time on its own device): sites without
             thresholds are judged by each record's error in excess of the floor's error for the same key.
         max_failure_rate: allowed share of tokens over a logit threshold.
+        replay: the reference model (a folder, or an open replayer of protocol/replay.py): each module call of the
+            candidate with full outputs is replayed on the candidate's inputs and its local error judged
+            (report.local; analyze/local_error.py). A folder is loaded in the reference dump's dtype on
+            ``replay_device`` (default cpu) and freed afterwards.
+        replay_factor: a local error over this many times the expected noise counts as introduced.
+        replay_modules: a regex searched in module paths: replay only those.
 
     Returns:
         A Report (``report.verdict``, ``report.exit_code``, ``report.sites``, ``report.first_divergence``...).
@@ -61,7 +68,7 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         PairingError: different world sizes, inconsistent rank files, or no record in common (nothing compared).
         ValueError: an unknown metric name or an invalid regex.
         ThresholdFileError: a missing or malformed thresholds file.
-        ParityError subclasses: unreadable dumps.
+        ParityError subclasses: unreadable dumps; CaptureError: a replay model that cannot be loaded.
     """
     unknown = sorted(set(metrics or ()) - set(ALL_METRICS))
     if unknown:
@@ -158,6 +165,8 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         attach_localization(report, ref, cand, floor_report=floor_report, chunk_elements=chunk_elements)
         if floor_report is not None:
             report.options["floor"] = floor_report.candidate["paths"]
+        if replay is not None:
+            report.local = _replay(report, ref, cand, replay, replay_factor, replay_modules, replay_device)
         report.totals = {
             "sites": len(report.sites), "records": total,
             "over_tolerance": sum(s.over_tolerance for s in report.sites),
@@ -173,6 +182,24 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
     finally:
         ref.close()
         cand.close()
+
+
+def _replay(report: Report, ref, cand, replay, factor: float, modules: str | None, device: str | None) -> dict:
+    """The local-error block: replay the candidate's module calls on the reference model (``replay``: a folder,
+    opened here in the reference's dtype, or an open replayer)."""
+    from protocol.replay import open_replayer
+    from .local_error import replay_local_errors
+    owned = isinstance(replay, (str, os.PathLike))
+    replayer = replay
+    if owned:
+        dtype = ref.manifest.dtype if ref.manifest.dtype in ("float32", "float16", "bfloat16", "float64") else None
+        replayer = open_replayer(os.fspath(replay), dtype=dtype, device=device)
+    try:
+        index = {s.name: s.index for s in report.sites}
+        return replay_local_errors(cand, replayer, factor=factor, modules=modules, site_index=index)
+    finally:
+        if owned:
+            replayer.close()
 
 
 def paired_module_outputs(pairings) -> dict:

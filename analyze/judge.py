@@ -18,6 +18,11 @@ an empty tensor) is not judged, and an exact record
 (``rel_l2 == 0``) is never over a limit of another metric. A record that could not be compared (a shape mismatch,
 a damaged record) is never over: it is an error, listed as such, and the verdict fails on it, but it is never
 taken for a numeric divergence.
+
+A replayed module call (analyze/local_error.py) is judged apart, by ``judge_local``: its **local error** (the
+candidate's output against the reference module's replay on the candidate's own inputs) is *introduced here* when
+it exceeds ``factor`` times the error the candidate's precision alone explains (docs/METRICS.md section 7), or
+when the candidate has NaN/Inf that the replay in its dtype does not.
 """
 from __future__ import annotations
 
@@ -144,6 +149,31 @@ def _excess_over_floor(m: dict, floor: tuple, stats_only: bool) -> dict:
     if m.get("cosine") is not None and cos is not None and not math.isnan(cos):
         m["cosine"] = 1.0 - ((1.0 - m["cosine"]) - (1.0 - cos))
     return m
+
+
+#: A module call introduces error when its local error exceeds this many times the expected noise (measured on
+#: clean bfloat16 captures of two decoder families: at most 1.4 on the same host; int8-rounded weights give 3.3-4.5).
+DEFAULT_REPLAY_FACTOR = 2.0
+
+
+def judge_local(local: float | None, expected: float | None, *, factor: float = DEFAULT_REPLAY_FACTOR,
+                non_finite: int = 0, key: str | None = None) -> Decision:
+    """Judge one replayed output: ``local`` (``rel_l2`` of the candidate against the reference replay) against
+    ``factor * expected`` (``expected``: the noise its precision explains).
+
+    Returns:
+        A Decision judged by ``replay``: metric ``non_finite`` (NaN/Inf the candidate has and its dtype's replay has
+        not) or ``local_rel_l2``; ratio = local / (factor * expected) (inf when that limit is 0 and local is not).
+    """
+    if non_finite:
+        return Decision(True, "replay", "non_finite", float(non_finite), 0.0, math.inf, key)
+    if local is None or expected is None:
+        return Decision(False, "replay", None, None, None, None, key)
+    limit = factor * expected
+    if math.isnan(local):
+        return Decision(True, "replay", "local_rel_l2", local, limit, math.inf, key)
+    ratio = local / limit if limit > 0.0 else (math.inf if local > 0.0 else 0.0)
+    return Decision(local > limit, "replay", "local_rel_l2", local, limit, ratio, key)
 
 
 def judge_site(decisions: list[Decision], judged_by: str) -> Decision:

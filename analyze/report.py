@@ -17,7 +17,7 @@ from protocol import atomic_write_json
 
 from .errors import ReportError
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 REPORT_KIND = "tensorparity.report"
 
 
@@ -151,6 +151,8 @@ class Report:
         thresholds: the applied thresholds (threshold_check.apply_thresholds, without ``site_results``), or None.
         localization: the localization block (localize.attach_localization): error curve, gain ranking, worst
             elements of the first divergent site; None in reports of schema 1.0.
+        local: the local-error block of a replay (analyze/local_error.py): each replayed module's own error and
+            whether it introduces error beyond the candidate's precision; None without replay (and before 1.3).
     """
 
     reference: dict
@@ -169,13 +171,16 @@ class Report:
     duration_s: float = 0.0
     thresholds: dict | None = None
     localization: dict | None = None
+    local: dict | None = None
 
     @property
     def verdict(self) -> str:
         """``diverged`` when a site is over tolerance (over its threshold when thresholds were applied), a logit
-        failure rate is over its allowed rate, or a record could not be compared; else ``pass``."""
+        failure rate is over its allowed rate, a replayed module introduces error, or a record could not be
+        compared; else ``pass``."""
         failed = self.thresholds is not None and not self.thresholds.get("passed", True)
-        return "diverged" if self.first_divergence is not None or self.errors or failed else "pass"
+        introduced = self.local is not None and self.local.get("first_introduced") is not None
+        return "diverged" if self.first_divergence is not None or self.errors or failed or introduced else "pass"
 
     @property
     def exit_code(self) -> int:
@@ -204,7 +209,7 @@ class Report:
                "sites": [asdict(s) | {"name": s.name} for s in self.sites],
                "unmatched": self.unmatched, "errors": self.errors,
                "logits": [_logit_site_dict(ls, tokens) for ls in self.logits],
-               "thresholds": self.thresholds, "localization": self.localization}
+               "thresholds": self.thresholds, "localization": self.localization, "local": self.local}
         return _plain(doc)
 
     def write_json(self, path: str | os.PathLike, *, tokens: bool = False) -> None:

@@ -14,7 +14,6 @@ a backend that is not installed or not built fails its job with a clear error in
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from protocol.claims import (
     ABANDONED, Claim, ClaimSite, discard_work_dir, new_agent_identity, publish_work, read_current_claim,
     stale_reason, take_over, try_claim, update_claim,
 )
-from protocol.backends import BACKENDS, OPTIONS
+from protocol.backends import BACKENDS, OPTIONS, resolve
 from protocol.fsprobe import probe_folder
 from protocol.jobs import Job, read_job, utc_now, write_job
 
@@ -362,11 +361,8 @@ def load_backend(name: str, model: str, *, target: dict | None = None, defaults:
     spec = BACKENDS.get(name)
     if spec is None:
         raise CaptureError(f"unknown backend {name!r}", hint=f"use one of {', '.join(BACKENDS)}")
-    module_name, _, attr = spec.factory.partition(":")
     try:
-        factory = importlib.import_module(module_name)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
+        factory = resolve(spec.factory)
     except (ImportError, AttributeError) as exc:
         raise CaptureError(f"backend {name!r} is not available on this agent ({exc})",
                            hint=f"install tensorparity[{spec.extra}] on this host, or run this label elsewhere") \

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from protocol import CaptureError, DumpWriter, ParityError, RecordKey, TensorStats
+from protocol import CallLogBuilder, CaptureError, DumpWriter, ParityError, RecordKey, TensorStats
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class RecordSink:
         self._closing = False
         self._aborted = False
         self._inline = False
+        self._call_log: CallLogBuilder | None = None
         self._thread = threading.Thread(target=self._run, name="tensorparity-writer", daemon=True)
         self._thread.start()
 
@@ -110,6 +111,13 @@ class RecordSink:
     def writes_inline(self) -> bool:
         """True while ``put()`` writes on the caller's thread: a record's data may then be the live tensor."""
         return self._inline
+
+    @property
+    def call_log(self) -> CallLogBuilder:
+        """The call structures of the modules captured into this sink (written as the dump's ``/calls``)."""
+        if self._call_log is None:
+            self._call_log = CallLogBuilder()
+        return self._call_log
 
     def put(self, record: PendingRecord) -> None:
         """Queue a record (blocks while the queue is full), or write it now when inline. Raises the writer's error
@@ -213,6 +221,8 @@ class RecordSink:
         if self._error is not None:
             self.writer.abort()
             self._raise_if_failed()
+        if self._call_log:
+            self.writer.set_calls(self._call_log.document())
         self.writer.close()
 
     def abort(self) -> None:

@@ -30,7 +30,8 @@ import torch
 
 from protocol import DumpWriter, RecordKey
 
-from .flatten import flatten
+from .call_structure import class_name, encode_call
+from .flatten import flatten, is_cache_object
 from .policy import RecordPolicy, Rule, applicable
 from .sink import PendingRecord, RecordSink, Resolved
 from .torch_buffers import HostBufferPool
@@ -115,6 +116,8 @@ class TorchCapture:
     _open: dict = field(default_factory=dict)
     _seen: dict = field(default_factory=dict)
     _pool: HostBufferPool | None = None
+    _cache_fresh: bool = True  # the step's root call received no cache holding earlier positions
+    _root_seen: bool = False  # the root's pre-hook ran in this step
 
     def at(self, sample: int, step: int = 0) -> None:
         """Set the position of the next forward; resets call indices (they count calls within one step)."""
@@ -122,6 +125,7 @@ class TorchCapture:
         self._calls.clear()
         self._open.clear()
         self._seen.clear()
+        self._cache_fresh, self._root_seen = True, False
 
     # -- hooks -----------------------------------------------------------------------------------------------------
 
@@ -131,6 +135,12 @@ class TorchCapture:
         self._open.setdefault(path, []).append(call)
         if not self.enabled:
             return
+        if path == "" and call == 0:
+            self._root_seen = True
+            self._cache_fresh = not any(_cache_length(v) for v in (*args, *kwargs.values()))
+        # how the module was called, for a replay (protocol/calls.py): the tensors by their record paths
+        signature = encode_call(args, kwargs, _is_tensor, cache_fresh=self._fresh)
+        self.sink.call_log.add(path, class_name(module), self.sample, self.step, call, signature)
         mtype = type(module).__name__
         inc = self.selection.include_cache
         for arg, t in flatten(args, _is_tensor, "args", include_cache=inc):
@@ -146,6 +156,11 @@ class TorchCapture:
         mtype = type(module).__name__
         for arg, t in flatten(output, _is_tensor, "", include_cache=self.selection.include_cache):
             self._record(f"{path}:out.{arg}" if arg else f"{path}:out", call, t, mtype)
+
+    def _fresh(self, cache) -> bool:
+        # fresh: the root call of this step got no cache with earlier positions (a forward, a prefill); when the
+        # root is not hooked, a cache that is still empty
+        return self._cache_fresh if self._root_seen else _cache_length(cache) == 0
 
     # -- records ---------------------------------------------------------------------------------------------------
 
@@ -215,6 +230,16 @@ class _Seen:
     version: int
     stats: object  # None while the writer has yet to compute them from the shared copy
     resolve: weakref.ref | None = None
+
+
+def _cache_length(obj) -> int:
+    """How many positions a key/value cache object holds (0 for anything that is not one)."""
+    if not is_cache_object(obj):
+        return 0
+    try:
+        return int(obj.get_seq_length())
+    except Exception:  # a cache type without the method, or one that cannot tell: assume it holds something
+        return 1
 
 
 def _reduce(t: torch.Tensor, rule: Rule) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -4,6 +4,7 @@ Depends only on the standard library, numpy and h5py; numba, when installed (the
 statistics of large float arrays faster, imported on first use (protocol/stats_kernels.py), never by
 ``import protocol``. Only this package opens dump files with h5py.
 """
+from .calls import CallLog, CallLogBuilder
 from .dots import dot, row_dots
 from .dtypes import bfloat16_bits, decode
 from .dump_reader import DumpReader, block_slices, open_dump
@@ -25,7 +26,7 @@ from .validate import ValidationResult, validate
 from .version import DUMP_FORMAT, FORMAT_VERSION, INPUTS_FORMAT
 
 __all__ = [
-    "dot", "row_dots", "bfloat16_bits", "decode", "DumpReader", "block_slices", "open_dump", "COMPRESSIONS",
+    "CallLog", "CallLogBuilder", "dot", "row_dots", "bfloat16_bits", "decode", "DumpReader", "block_slices", "open_dump", "COMPRESSIONS",
     "DumpWriter",
     "CaptureError", "CorruptDumpError", "IncompleteDumpError", "InputSetMismatchError", "JobError",
     "NotAParityFileError", "PairingError", "ParityError", 

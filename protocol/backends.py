@@ -29,6 +29,8 @@ class BackendSpec:
         honours: which of OPTIONS it honours (what each means is the backend's: for ONNX, ``device`` picks the
             execution provider when no ``provider`` is given).
         extra: the pip extra that installs what it needs.
+        replayer: ``"module:Class.method"`` of the factory of its replayer (protocol/replay.py), which calls a
+            model's modules again on a candidate's recorded inputs; None when the backend has none.
     """
 
     name: str
@@ -38,12 +40,14 @@ class BackendSpec:
     help: str
     honours: frozenset
     extra: str
+    replayer: str | None = None
 
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("torch", "torch-hooks", "capture.torch_backend:TorchBackend.open", "capture.cli.torch_cmd:torch_cmd",
                 "Capture every module of a PyTorch / transformers model.",
-                frozenset({"device", "dtype", "attn_implementation"}), "torch"),
+                frozenset({"device", "dtype", "attn_implementation"}), "torch",
+                "capture.torch_replay:TorchReplayer.open"),
     BackendSpec("onnx", "onnx-output-injection", "capture.onnx_backend:OnnxBackend.open",
                 "capture.cli.onnx_cmd:onnx_cmd", "Capture an ONNX model's intermediate values with ONNX Runtime.",
                 frozenset({"device", "provider"}), "onnx"),
@@ -54,6 +58,20 @@ BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
 BACKEND_NAMES = tuple(BACKENDS)
 #: Every manifest capture method: one per backend, and ``external`` for dumps written by other tools.
 CAPTURE_METHODS = tuple(spec.method for spec in BACKENDS.values()) + ("external",)
+
+
+def resolve(dotted: str):
+    """The object named ``"module:attr.attr"`` (a factory of the registry), imported on demand.
+
+    Raises:
+        ImportError, AttributeError: it is not installed here.
+    """
+    import importlib
+    module_name, _, attr = dotted.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def unhonoured(name: str, options: dict) -> list[str]:

@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 
 from . import dtypes
-from .checksum import array_crc32c, header_crc32c
+from .calls import CallLog
+from .checksum import array_crc32c, bytes_crc32c, header_crc32c
 from .errors import CorruptDumpError, IncompleteDumpError, NotAParityFileError
 from .h5util import _first_line, attr_str, open_h5, read_bytes_dataset, read_json_dataset, read_text_dataset
 from .heap_check import check_index_heaps
@@ -49,6 +50,7 @@ class DumpReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self._calls = None  # loaded on first use: CallLog, or False when the dump has none
         self._file = open_h5(self.path, "dump")
         try:
             self._load()
@@ -310,6 +312,35 @@ class DumpReader:
             if array_crc32c(data) != int(stored):
                 raise CorruptDumpError(f"array {name!r} does not match its checksum", self.path, DAMAGED_HINT)
         return data
+
+    # -- call structures ------------------------------------------------------------------------------------------
+
+    def calls(self) -> "CallLog | None":
+        """The call structures of the captured modules (format 1.2, SPEC.md section 10.1), or None when the dump
+        has none (an older format, or a backend that records none).
+
+        Raises:
+            CorruptDumpError: ``/calls`` is damaged (its checksum, its JSON or its layout).
+        """
+        if self._calls is None:
+            self._calls = self._load_calls() or False
+        return self._calls or None
+
+    def _load_calls(self) -> "CallLog | None":
+        ds = _open_object(self._file, "calls", self.path, "the call structures")
+        if ds is None:
+            return None
+        raw = read_bytes_dataset(self._file, "calls", self.path, "dump")
+        if self.checksums:
+            stored = ds.attrs.get("crc32c")
+            if stored is None or np.ndim(stored):
+                raise CorruptDumpError("the call structures have no checksum (attribute 'crc32c')", self.path,
+                                       "the file is damaged; capture it again")
+            if bytes_crc32c(raw) != int(stored):
+                raise CorruptDumpError("the call structures (/calls) do not match their checksum", self.path,
+                                       DAMAGED_HINT)
+        text = read_text_dataset(self._file, "calls", self.path, "dump", raw=raw)
+        return CallLog.from_document(read_json_dataset(self._file, "calls", self.path, "dump", text=text), self.path)
 
     def _read_whole(self, ds, what: str) -> np.ndarray:
         """Read a whole dataset, refusing declared sizes no real array has (a hostile file's absurd shape)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import errno
 import os
 import re
@@ -12,7 +13,7 @@ import h5py
 import numpy as np
 
 from . import dtypes
-from .checksum import array_crc32c, header_crc32c
+from .checksum import array_crc32c, bytes_crc32c, header_crc32c
 from .errors import CaptureError
 from .h5util import PARTIAL_SUFFIX, load_compression_plugins, set_text_attr, write_json_dataset
 from .keys import RecordKey
@@ -108,6 +109,7 @@ class DumpWriter:
         self._keys: set[RecordKey] = set()
         self._seq = 0
         self._arrays: set[str] = set()
+        self._calls: dict | None = None
         self._closed = False
         self._pool: ThreadPoolExecutor | None = None
         self._raw_fd: int | None = None  # second descriptor of the partial file, for direct data writes
@@ -247,6 +249,11 @@ class DumpWriter:
         ds.attrs["crc32c"] = np.uint32(array_crc32c(stored))
         self._arrays.add(name)
 
+    def set_calls(self, document: dict) -> None:
+        """The call structures of the captured modules (protocol/calls.py), written as ``/calls`` when the dump
+        is closed (SPEC.md section 10.1); a later call replaces an earlier one."""
+        self._calls = document
+
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -258,6 +265,10 @@ class DumpWriter:
             del self._file["manifest"]  # the final manifest (a capture may add results, e.g. a perturbation check)
             manifest = self.manifest.to_json()
             write_json_dataset(self._file, "manifest", manifest, fixed=True)
+            if self._calls is not None:
+                text = json.dumps(self._calls, sort_keys=True, allow_nan=True)
+                write_json_dataset(self._file, "calls", text, fixed=True)
+                self._file["calls"].attrs["crc32c"] = np.uint32(bytes_crc32c(text.encode("utf-8")))
             self._file.attrs["record_count"] = self._seq
             self._file.attrs["header_crc32c"] = np.uint32(header_crc32c(
                 DUMP_FORMAT, FORMAT_VERSION, self.compression, self._seq, manifest))

@@ -5,7 +5,7 @@ from .errors import UnsupportedVersionError
 
 DUMP_FORMAT = "tensorparity.dump"
 INPUTS_FORMAT = "tensorparity.inputs"
-FORMAT_VERSION = "1.1"  # 1.1: CRC-32C checksums (SPEC.md section 8.1)
+FORMAT_VERSION = "1.2"  # 1.1: CRC-32C checksums (SPEC.md section 8.1); 1.2: call structures (section 10.1)
 MAJOR, MINOR = (int(p) for p in FORMAT_VERSION.split("."))
 
 

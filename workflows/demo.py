@@ -1,8 +1,9 @@
 """``parity demo`` / ``make demo``: the main job end to end on a built-in default, offline, in about a minute.
 
 Builds a small Llama from a config with fixed seeds, an input set from the bundled text (capture/data), captures a
-CPU float32 reference and two candidates (CPU bfloat16, and the float32 model with one planted faulty layer),
-compares each with the reference, and writes JSON and HTML reports.
+CPU float32 reference and three candidates (CPU bfloat16; the model with one planted faulty layer, in float32 and
+in bfloat16), compares each with the reference, replaying every module on the reference model (where is error
+introduced, beyond the candidate's precision?), and writes JSON and HTML reports.
 
 It lives in workflows/, the composition layer: it drives capture/ (imported inside ``run_demo``, so that importing
 this module loads no ML framework) and then analyzes what it captured.
@@ -39,6 +40,7 @@ class DemoComparison:
     verdict: str
     first_divergence: dict | None
     top_gain: dict | None
+    introduced: dict | None = None  # the replay's first module that introduces error
     summary: list = field(default_factory=list)
 
 
@@ -123,6 +125,7 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, samples: int = 4, tokens: 
     from capture.text_inputs import build_text_input_set
     from capture.tiny_models import build_tiny_llama
     from capture.torch_backend import TorchBackend
+    from capture.torch_replay import TorchReplayer
     from protocol import read_input_set, write_input_set
     from common.console import progress
 
@@ -139,7 +142,8 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, samples: int = 4, tokens: 
     write_input_set(inputs_path, built.samples, built.provenance)
     inputs = read_input_set(inputs_path)
     echo(f"input set: {len(inputs.samples)} samples x {tokens} tokens of {DEMO_TEXT}")
-    runs = [("cpu-fp32", model, "float32"), ("cpu-bf16", model, "bfloat16"), ("cpu-fp32-faulty", faulty, "float32")]
+    runs = [("cpu-fp32", model, "float32"), ("cpu-bf16", model, "bfloat16"), ("cpu-fp32-faulty", faulty, "float32"),
+            ("cpu-bf16-faulty", faulty, "bfloat16")]
     dumps = {}
     for label, path, dtype in runs:
         dumps[label] = os.path.join(folder, f"{label}.h5")
@@ -148,13 +152,19 @@ def run_demo(out: str | os.PathLike = DEFAULT_OUT, *, samples: int = 4, tokens: 
             summary = backend.capture(inputs, dumps[label], CaptureOptions(label=label, run_id="demo"), progress=bar)
         echo(summary.line())
     result = DemoResult(folder, model, inputs_path, dumps["cpu-fp32"])
-    for label in ("cpu-bf16", "cpu-fp32-faulty"):
-        report = compare(dumps["cpu-fp32"], dumps[label], inputs=inputs_path, show_progress=show_progress)
-        base = os.path.join(folder, f"cpu-fp32__vs__{label}")
-        report.write_json(base + ".json")
-        write_html(report, base + ".html")
-        ranking = (report.localization or {}).get("gain_ranking") or []
-        result.comparisons.append(DemoComparison(label, dumps[label], base + ".json", base + ".html",
-                                                 report.verdict, report.first_divergence,
-                                                 ranking[0] if ranking else None, summary_lines(report)))
+    replayer = TorchReplayer.open(model, dtype="float32")  # the reference model, loaded once for every candidate
+    try:
+        for label in ("cpu-bf16", "cpu-fp32-faulty", "cpu-bf16-faulty"):
+            report = compare(dumps["cpu-fp32"], dumps[label], inputs=inputs_path, show_progress=show_progress,
+                             replay=replayer)
+            base = os.path.join(folder, f"cpu-fp32__vs__{label}")
+            report.write_json(base + ".json")
+            write_html(report, base + ".html")
+            ranking = (report.localization or {}).get("gain_ranking") or []
+            result.comparisons.append(DemoComparison(label, dumps[label], base + ".json", base + ".html",
+                                                     report.verdict, report.first_divergence,
+                                                     ranking[0] if ranking else None,
+                                                     report.local["first_introduced"], summary_lines(report)))
+    finally:
+        replayer.close()
     return result

@@ -60,8 +60,19 @@ def _tolerances(ctx, param, value):
               help="Noise-floor dump (the reference captured again on its own device): judge the excess over it.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Write the self-contained HTML report here.")
+@click.option("--replay", "replay_model", type=click.Path(), default=None, metavar="REF_MODEL",
+              help="The reference model's folder: replay each module of CAND on CAND's own recorded inputs and "
+                   "report the error each module introduces itself (needs torch on this host).")
+@click.option("--replay-factor", type=click.FloatRange(min=1.0), default=2.0, show_default=True,
+              help="With --replay: a module introduces error when its local error exceeds this many times what "
+                   "the candidate's precision explains.")
+@click.option("--replay-modules", default=None, callback=check_regex, metavar="REGEX",
+              help="With --replay: replay only the modules whose path matches.")
+@click.option("--replay-device", default=None, metavar="DEVICE",
+              help="With --replay: the device to replay on (default cpu).")
 def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tolerances, tokens, thresholds_path,
-                max_failure_rate, floor, html_path) -> None:
+                max_failure_rate, floor, html_path, replay_model, replay_factor, replay_modules,
+                replay_device) -> None:
     """Compare the candidate dump CAND with the reference dump REF, site by site in execution order.
 
     Prints one line per site over the default tolerance (rel_l2 > tol or cosine < 1 - tol, tol set by the
@@ -70,12 +81,15 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
     2 on usage errors, 3 when a file is unusable or the dumps consumed different input sets. With --thresholds the
     thresholds replace the default tolerance; with --floor a site diverges only by its excess over the noise floor.
     The summary names the first divergent site and the module with the largest error gain (output error / input
-    error).
+    error). With --replay REF_MODEL each module of CAND whose inputs and outputs it holds in full is run again, on the
+    reference model, on CAND's own inputs: the summary then names first the module that introduces error beyond
+    what CAND's precision explains, and exits 1 if one does.
 
     \b
     Example:
       parity compare dumps/cpu-fp32.h5 dumps/cpu-bf16.h5 --inputs inputs.h5 -o report.json --csv report_csv
       parity compare dumps/cpu-fp32.h5 dumps/gpu-fp16.h5 --thresholds th.json --html report.html
+      parity compare dumps/cpu-fp32.h5 dumps/gpu-bf16.h5 --replay models/llama
     """
     from analyze.compare import compare
     from analyze.render.text import summary_lines
@@ -83,7 +97,9 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
     ref, cand = _split_sides(dumps)
     report = compare(ref if len(ref) > 1 else ref[0], cand if len(cand) > 1 else cand[0], inputs=inputs,
                      metrics=metrics, sites=sites, logit_sites=logits_site, tolerances=tolerances,
-                     thresholds=thresholds_path, max_failure_rate=max_failure_rate, floor=floor)
+                     thresholds=thresholds_path, max_failure_rate=max_failure_rate, floor=floor,
+                     replay=replay_model, replay_factor=replay_factor, replay_modules=replay_modules,
+                     replay_device=replay_device)
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     for line in summary_lines(report):

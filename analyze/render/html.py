@@ -76,6 +76,54 @@ def _side(d: dict) -> str:
     return f"{_e(d.get('label') or '?')} <span class=dim>({_e(device)}, {_e(d.get('dtype'))})</span>"
 
 
+def _local_card(local: dict | None) -> str:
+    """The replay's answer, above the first divergence: where error is introduced (or that it is nowhere)."""
+    if local is None:
+        return ('<div class="card dim" id="introduced">Ranked by accumulated error only: once the candidate is not '
+                "bit-compatible, accumulated error hides where error starts. <span class=mono>parity compare "
+                "--replay REF_MODEL</span> replays each module on the candidate's own inputs and names the module "
+                "that introduces error.</div>")
+    first = local.get("first_introduced")
+    skipped = sum(len(v) for v in (local.get("skipped") or {}).values())
+    tail = f"{_e(local.get('replayed'))} module calls replayed, {skipped} not (see the table below)"
+    if first is None:
+        return (f'<div class="card first ok" id="introduced"><h2>Error introduced: nowhere beyond the '
+                f"candidate's precision</h2><div class=dim>{tail}; limit {_e(local.get('factor'))}x the expected "
+                f"noise</div></div>")
+    why = ("NaN/Inf that the replay in its dtype does not give" if first.get("decided_by") == "non_finite" else
+           f"local rel_l2 {_num(first.get('local'))} against {_num(first.get('expected'))} expected "
+           f"(limit {_num(first.get('limit'))})")
+    note = f"<div>{_e(first['note'])}</div>" if first.get("note") else ""
+    return (f'<div class="card first" id="introduced"><h2>Error introduced here</h2>'
+            f'<div class="big mono">{_e(first["module"])}</div><div>{_e(first.get("module_class"))} · {why}</div>'
+            f"{note}<div class=dim>record {_e(first.get('key'))}; {_e(local.get('introduced'))} modules introduce "
+            f"error (its parents among them); {tail}</div></div>")
+
+
+def _local_section(local: dict | None) -> str:
+    """The local-error curve (beside the accumulated one) and the table of replayed modules."""
+    if local is None:
+        return ""
+    entries = sorted(local.get("modules") or [], key=lambda e: e.get("first_seq", 0))
+    data = [{"module": e["module"], "local": e.get("local"), "expected": e.get("expected"), "limit": e.get("limit"),
+             "introduced": bool(e.get("introduced")), "site": e.get("site")} for e in entries]
+    rows = [[_e(e["module"]), _e((e.get("module_class") or "").rsplit(".", 1)[-1]), _num(e.get("local")),
+             _num(e.get("expected")), _num(e.get("ratio")),
+             "<b class=bad>introduced</b>" if e.get("introduced") else "ok", _e(e.get("note") or "")]
+            for e in local.get("modules") or []]
+    skipped = "".join(f"<li>{_e(why)}: <span class=mono>{_e(', '.join(mods[:20]))}"
+                      f"{' …' if len(mods) > 20 else ''}</span></li>" for why, mods in (local.get("skipped") or {}).items())
+    return (f'<section id="local-error"><h2>Local error: what each module introduces itself</h2><p class=dim>Each '
+            f"module replayed on the reference model ({_e(local.get('model'))}, {_e(local.get('dtype'))}) on the "
+            f"candidate's own recorded inputs: its local error (candidate output against the replay) beside the "
+            f"noise its precision explains; red points introduce error (over {_e(local.get('factor'))}x that noise)."
+            f'</p><div class=chart><canvas id=local-curve></canvas></div><script type="application/json" '
+            f'id="local-data">{_json_for_script({"modules": data})}</script>'
+            + _table(["module", "class", "local rel_l2", "expected", "local / limit", "", "note"], rows, "local")
+            + (f"<details><summary>Not replayed</summary><ul>{skipped}</ul></details>" if skipped else "")
+            + "</section>")
+
+
 def _card(doc: dict, loc: dict) -> str:
     verdict = doc.get("verdict", "?")
     first = loc.get("first_divergence")
@@ -107,7 +155,7 @@ def _card(doc: dict, loc: dict) -> str:
             + f"</div><div class=dim>record {_e(first.get('key'))}</div>"
             f"<div class=dim>before: {', '.join(_e(s) for s in near.get('before', [])) or '–'}<br>"
             f"after: {', '.join(_e(s) for s in near.get('after', [])) or '–'}</div>")
-        if ranking:
+        if ranking and doc.get("local") is None:  # with a replay, the card above answers "where"
             g = ranking[0]
             parts.append(f"<div><b>Top error gain:</b> <span class=mono>{_e(g['module'])}</span> "
                          f"({_e(g['module_type'])}), gain {_num(g['gain'])}"
@@ -271,7 +319,28 @@ new Chart(el,{type:'line',data:{labels:s.map(function(x){return x.i;}),datasets:
    return ['type '+(x.type||'?'),'rel_l2 '+fmt(x.rel),'cosine '+(x.cos===null?'-':x.cos),'limit '+fmt(x.limit),
    'gain '+fmt(x.gain)].concat(x.floor!==null&&x.floor!==undefined?['floor '+fmt(x.floor),'excess '+fmt(x.excess)]:[])
    .concat(x.over?['OVER ('+x.metric+')']:[]);}}}}}});
-el.setAttribute('data-rendered','1');})();"""
+el.setAttribute('data-rendered','1');
+var ld=document.getElementById('local-data');if(!ld)return;var m=JSON.parse(ld.textContent).modules;
+var lpos=m.map(function(x){return num(x.local);}).concat(m.map(function(x){return num(x.expected);}))
+ .filter(function(v){return v>0&&isFinite(v);});
+var llo=lpos.length?Math.min.apply(null,lpos)/10:1e-12, lhi=lpos.length?Math.max.apply(null,lpos)*10:1;
+function lplot(v){v=num(v);if(v===null||v===undefined)return null;if(v<=0)return llo;if(!isFinite(v))return lhi;return v;}
+var lel=document.getElementById('local-curve');
+new Chart(lel,{type:'line',data:{labels:m.map(function(x){return x.module;}),datasets:[
+ {label:'local rel_l2',data:m.map(function(x){return lplot(x.local);}),borderColor:'#3465a4',borderWidth:1.5,
+  pointRadius:m.map(function(x){return x.introduced?4:1.5;}),
+  pointBackgroundColor:m.map(function(x){return x.introduced?'#cc0000':'#3465a4';}),spanGaps:true},
+ {label:'expected noise',data:m.map(function(x){return lplot(x.expected);}),borderColor:'#73a857',borderWidth:1,
+  pointRadius:0,spanGaps:true},
+ {label:'limit',data:m.map(function(x){return lplot(x.limit);}),borderColor:'#999',borderDash:[4,4],borderWidth:1,
+  pointRadius:0,spanGaps:true}]},
+ options:{animation:false,responsive:true,maintainAspectRatio:false,interaction:{mode:'index',intersect:false},
+ scales:{y:{type:'logarithmic',min:llo,max:lhi,title:{display:true,text:'local rel_l2'}},
+  x:{ticks:{display:false},title:{display:true,text:'module (execution order)'}}},
+ plugins:{tooltip:{callbacks:{label:function(it){var x=m[it.dataIndex];if(it.datasetIndex>0)return null;
+  return ['local '+fmt(x.local),'expected '+fmt(x.expected),'limit '+fmt(x.limit)]
+  .concat(x.introduced?['INTRODUCED']:[]);}}}}}});
+lel.setAttribute('data-rendered','1');})();"""
 
 
 def render_html(report) -> str:
@@ -283,8 +352,8 @@ def render_html(report) -> str:
     body = [f"<h1>{_e(title)}</h1><p class=dim>report schema {_e(doc.get('schema_version'))}, created "
             f"{_e(doc.get('created'))}; reference {_e(', '.join((doc.get('reference') or {}).get('paths') or []))}; "
             f"candidate {_e(', '.join((doc.get('candidate') or {}).get('paths') or []))}</p>",
-            _card(doc, loc), f"<ul class=dim>{warnings}</ul>" if warnings else "", _curve_section(loc),
-            _gain_section(loc), _threshold_section(doc), _worst_section(loc), _logit_section(doc),
+            _card(doc, loc), _local_card(doc.get("local")), f"<ul class=dim>{warnings}</ul>" if warnings else "",
+            _curve_section(loc), _local_section(doc.get("local")), _gain_section(loc), _threshold_section(doc), _worst_section(loc), _logit_section(doc),
             _unmatched_section(doc), _sites_section(loc)]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(body)}<script>{_chart_js()}</script><script>{_JS}</script>"

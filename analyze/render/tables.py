@@ -17,8 +17,9 @@ def table_file(table: str, stem: str | None = None) -> str:
 
 def write_csv(report: Report, folder: str | os.PathLike, *, stem: str | None = None) -> list[str]:
     """Write the tables ``sites`` (one row per site: aggregates and the judge's decision), ``records`` (one row
-    per record and metric values), ``logits`` (one row per logit record) and ``unmatched`` into ``folder``, named
-    by ``table_file``.
+    per record and metric values), ``logits`` (one row per logit record), ``unmatched`` and, with a replay,
+    ``local`` (one row per replayed module: its local error against the expected noise) into ``folder``, named by
+    ``table_file``.
 
     Returns:
         The files written.
@@ -69,6 +70,19 @@ def write_csv(report: Report, folder: str | os.PathLike, *, stem: str | None = N
             for key in report.unmatched.get(side, []):
                 w.writerow([side.split("_")[0], key])
     written.append(path)
+    if report.local is not None:
+        path = os.path.join(folder, table_file("local", stem))
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["module", "call", "module_class", "site", "key", "rank", "dtype", "local_rel_l2", "cosine",
+                        "max_abs_diff", "expected", "expected_low", "expected_reference", "limit", "ratio",
+                        "introduced", "decided_by", "note"])
+            for e in report.local.get("modules", []):
+                w.writerow([e["module"], e["call"], e["module_class"], e["site"], e["key"], e["rank"], e["dtype"],
+                            _cell(e["local"]), _cell(e["cosine"]), _cell(e["max_abs_diff"]), _cell(e["expected"]),
+                            _cell(e["expected_low"]), _cell(e["expected_reference"]), _cell(e["limit"]),
+                            _cell(e["ratio"]), int(e["introduced"]), e["decided_by"] or "", e["note"] or ""])
+        written.append(path)
     return written
 
 

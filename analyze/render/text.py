@@ -77,11 +77,51 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(f"first divergence: #{fd['index']} {fd['site']} ({fd['metric']}={_fmt(fd['value'])})"
                      f"{_gain_text(fd.get('gain'))}")
     ranking = (report.localization or {}).get("gain_ranking") or []
-    if ranking and report.verdict != "pass":
+    if report.local is not None:  # replay measured each module's own error: that answers "where", not the gains
+        lines.extend(local_lines(report.local))
+    elif ranking and report.verdict != "pass":
         g = ranking[0]
         lines.append(f"top error gain: {g['module']} (gain {_gain_value(g['gain'])}: input error "
-                     f"{_fmt(g['in_error'])}, output error {_fmt(g['out_error'])})")
+                     f"{_fmt(g['in_error'])}, output error {_fmt(g['out_error'])}); ranked by accumulated error, "
+                     "which hides where error starts once the candidate is not bit-compatible: --replay REF_MODEL "
+                     "measures each module's own error")
     lines.append(f"verdict: {report.verdict}")
+    return lines
+
+
+MAX_INTRODUCED_LINES = 10
+
+
+def local_lines(local: dict) -> list[str]:
+    """The lines of a replay (report.local): one ``INTRO`` line per module that introduces error, in execution
+    order (at most MAX_INTRODUCED_LINES), then the line naming where error is introduced, or saying it is nowhere.
+
+    ``INTRO model.layers.1.self_attn.q_proj  local rel_l2=9.1e-03 > 4.8e-03 (expected 2.4e-03)``
+    """
+    lines = []
+    introduced = [e for e in local.get("modules", []) if e["introduced"]]
+    for e in introduced[:MAX_INTRODUCED_LINES]:
+        if e["decided_by"] == "non_finite":
+            test = "NaN/Inf that the replay in its dtype does not give"
+        else:
+            test = f"local rel_l2={_fmt(e['local'])} > {_fmt(e['limit'])} (expected {_fmt(e['expected'])})"
+        note = f"  ({e['note']})" if e.get("note") else ""
+        lines.append(f"INTRO {e['module']}  {test}{note}")
+    if len(introduced) > MAX_INTRODUCED_LINES:
+        lines.append(f"INTRO ... and {len(introduced) - MAX_INTRODUCED_LINES} more (the report's local.modules)")
+    skipped = sum(len(v) for v in local.get("skipped", {}).values())
+    tail = f"; {skipped} not replayed (local.skipped)" if skipped else ""
+    first = local.get("first_introduced")
+    if first is not None:
+        lines.append(f"error introduced here: {first['module']} ({first['key']}), local/limit "
+                     f"{_ratio_text(first['ratio'])}{tail}")
+    elif not local.get("replayed"):
+        lines.append(f"error introduced: unknown, no module could be replayed{tail}")
+    else:
+        top = next(iter(local.get("modules") or []), None)
+        closest = f"; closest: {top['module']}, local/limit {_ratio_text(top['ratio'])}" if top else ""
+        lines.append(f"error introduced: nowhere beyond the candidate's precision ({local['replayed']} module calls "
+                     f"replayed against {local['factor']:g}x the expected noise{closest}){tail}")
     return lines
 
 

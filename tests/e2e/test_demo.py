@@ -21,19 +21,28 @@ def test_parity_demo_end_to_end(tmp_path, parity_exe):
     fault_site = FAULT_TENSOR.rsplit(".", 1)[0]
     text = proc.stdout
     assert "first divergence: #" in text and f"{fault_site}:out" in text
-    assert f"top error gain: {fault_site} (gain inf" in text
+    assert f"error introduced here: {fault_site} (" in text
+    assert "error introduced: nowhere beyond the candidate's precision" in text  # the clean bf16 candidate
+    assert "top error gain" not in text  # replay answers "where"; the gain ranking would blame the embedding
     assert f"everything is in {folder}" in text
     for name in ("cpu-fp32.h5", "cpu-bf16.h5", "cpu-fp32-faulty.h5", "inputs.h5",
                  "cpu-fp32__vs__cpu-bf16.json", "cpu-fp32__vs__cpu-bf16.html",
-                 "cpu-fp32__vs__cpu-fp32-faulty.json", "cpu-fp32__vs__cpu-fp32-faulty.html"):
+                 "cpu-fp32__vs__cpu-fp32-faulty.json", "cpu-fp32__vs__cpu-fp32-faulty.html",
+                 "cpu-bf16-faulty.h5", "cpu-fp32__vs__cpu-bf16-faulty.json", "cpu-fp32__vs__cpu-bf16-faulty.html"):
         assert (folder / name).is_file(), name
         assert f"{folder / name}" in text or name.endswith(".h5")
     with open(folder / "cpu-fp32__vs__cpu-fp32-faulty.json", encoding="utf-8") as fh:
         doc = json.load(fh)
     assert doc["first_divergence"]["site"] == f"{fault_site}:out" and doc["verdict"] == "diverged"
     assert doc["localization"]["gain_ranking"][0]["module"] == fault_site
+    assert doc["local"]["first_introduced"]["module"] == fault_site
     with open(folder / "cpu-fp32__vs__cpu-bf16.json", encoding="utf-8") as fh:
-        assert json.load(fh)["candidate"]["dtype"] == "bfloat16"
+        clean = json.load(fh)
+    assert clean["candidate"]["dtype"] == "bfloat16"
+    # the everyday candidate: bf16 is over tolerance everywhere, yet nothing (the embedding least) is blamed
+    assert clean["first_divergence"] is not None and clean["local"]["first_introduced"] is None
+    with open(folder / "cpu-fp32__vs__cpu-bf16-faulty.json", encoding="utf-8") as fh:
+        assert json.load(fh)["local"]["first_introduced"]["module"] == fault_site
     # a second run never touches the first: a fresh folder every time, even within the same second
     before = sorted(os.listdir(folder))
     a, b = fresh_run_folder(out), fresh_run_folder(out)

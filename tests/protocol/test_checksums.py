@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from protocol import CorruptDumpError, DumpWriter, RecordKey, TensorStats, bfloat16_bits, compute_stats, open_dump
+from protocol import FORMAT_VERSION, CallLogBuilder, CorruptDumpError, DumpWriter, RecordKey, TensorStats, bfloat16_bits, compute_stats, open_dump
 from protocol import validate
 from protocol.checksum import array_crc32c, bytes_crc32c, encode_fields, header_crc32c
 from protocol.dump_reader import DAMAGED_HINT
@@ -120,7 +120,7 @@ def test_every_write_path_stores_the_crc_of_the_logical_stored_bytes(tmp_path, c
     with h5py.File(path, "r", locking=False) as f:
         assert int(f["arrays/generated_tokens.s0"].attrs["crc32c"]) == array_crc32c(np.array([3, 1, 4], np.int64))
         assert f.attrs["header_crc32c"] == header_crc32c(
-            "tensorparity.dump", "1.1", compression, 13, f["manifest"][()].decode())
+            "tensorparity.dump", FORMAT_VERSION, compression, 13, f["manifest"][()].decode())
     with open(path, "rb") as fh:
         assert fh.read(9)[8] == 3  # superblock version 3: HDF5 1.10's file format, metadata checksummed
     assert validate(path).summary().endswith(", checksums verified")
@@ -277,3 +277,26 @@ def test_a_mistagged_bit_pattern_dtype_is_refused_by_validate(dump):
         validate(dump)
     assert str(exc.value) == (f"{dump}: record s0/t0/bf16:out#0: data is tagged dtype 'float8_e5m2' but the index "
                               "says bfloat16. The file is damaged; capture it again")
+
+
+def test_call_structures_are_checksummed_and_a_changed_one_is_damage(tmp_path):
+    """Format 1.2's /calls carries the CRC-32C of its JSON bytes: the reader returns the document as written, and
+    refuses one whose bytes changed after writing (a signature rewritten in place) or whose layout is not a call log."""
+    log = CallLogBuilder()
+    log.add("model.layers.0", "x.Layer", 0, 0, 0, {"args": [{"tensor": "args.0"}], "kwargs": {"flag": {"value": True}}})
+    path = str(tmp_path / "d.h5")
+    w = DumpWriter(path, golden_manifest())
+    w.add(RecordKey(0, 0, "model.layers.0:out", 0), np.ones(3, np.float32))
+    w.set_calls(log.document())
+    w.close()
+    with open_dump(path) as r:
+        assert r.calls().signature("model.layers.0", 0, 0, 0)["kwargs"] == {"flag": {"value": True}}
+    with h5py.File(path, "r+") as f:  # same length, one value changed: only the checksum can tell
+        raw = f["calls"][()]
+        crc = f["calls"].attrs["crc32c"]
+        del f["calls"]
+        changed = raw.replace(b"true", b"tru1")
+        f.create_dataset("calls", data=np.array(changed, dtype=h5py.string_dtype("utf-8", len(changed))))
+        f["calls"].attrs["crc32c"] = crc
+    with open_dump(path) as r, pytest.raises(CorruptDumpError, match="call structures .* do not match their checksum"):
+        r.calls()

@@ -78,6 +78,12 @@ def test_golden_dump_values_are_the_ones_written():
         assert r.read_aux(topk).tolist() == [[3, 1, 0]] and topk.stats.max == 3.5 and topk.orig_shape == (1, 5)
         assert [str(i.key) for i in r.records()][-2:] == ["s0/t0/model.layers.0:out.0#1", "s0/t1/:out.logits#0"]
         assert r.array("generated_tokens.s0").tolist() == [3, 1]
+        calls = r.calls()  # format 1.2: call structures, a shared signature and one exception
+        assert calls.modules() == ["", "model.layers.0"] and calls.module_class("model.layers.0") == "golden.DecoderLayer"
+        first, second, later = (calls.signature("model.layers.0", *pos) for pos in ((0, 0, 0), (0, 0, 1), (0, 1, 0)))
+        assert first == later and first["kwargs"]["cache"] == {"cache": "DynamicCache", "fresh": True}
+        assert second["kwargs"] == {"cache": {"cache": "DynamicCache", "fresh": False}}
+        assert calls.signature("model.unknown", 0, 0, 0) is None
     with open_dump(os.path.join(GOLDEN, f"dump-v{FORMAT_VERSION}-lz4.h5")) as r:
         assert r.compression == "lz4"
         assert r.read("s0/t0/:out.logits#0").reshape(-1).tolist() == np.linspace(-4, 4, 64, dtype=np.float32).tolist()

@@ -11,8 +11,9 @@ import click
 @click.option("--tokens", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per sample.")
 def demo_cmd(out, samples, tokens) -> None:
     """Build a small Llama from a config (fixed seeds), an input set from bundled text, capture a CPU float32
-    reference, a CPU bfloat16 candidate and a candidate with one planted faulty layer, compare each with the
-    reference, print the summaries with the first divergent site, and write JSON and HTML reports.
+    reference, a CPU bfloat16 candidate and the model with one planted faulty layer in float32 and in bfloat16,
+    compare each with the reference (replaying every module on the reference model: where is error introduced
+    beyond the candidate's precision?), print the summaries, and write JSON and HTML reports.
 
     Needs the torch extra (pip install 'tensorparity[torch]'). Exit code 0 when the demo ran (the candidates are
     expected to diverge), 3 when it could not.

@@ -19,7 +19,7 @@ if REPO not in sys.path:
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from protocol import DumpWriter, InputSample, Manifest, RecordKey, write_input_set  # noqa: E402
+from protocol import FORMAT_VERSION, DumpWriter, InputSample, Manifest, RecordKey, write_input_set  # noqa: E402
 from protocol.dump_reader import DAMAGED_HINT  # noqa: E402
 from protocol.records import row_crc32c  # noqa: E402
 
@@ -35,7 +35,7 @@ EXPECTED = {
     "not_hdf5.h5": "{path}: not an HDF5 file, so not a tensorparity dump. Pass a file written by tensorparity",
     "wrong_format.h5": "{path}: not a tensorparity dump (root attribute 'format' is 'acme.tensors'). "
                        "Pass a file written by tensorparity",
-    "major2.h5": "{path}: dump format version 2.0 is not supported by this reader (format 1.1). "
+    "major2.h5": "{path}: dump format version 2.0 is not supported by this reader (format " + FORMAT_VERSION + "). "
                  "Upgrade tensorparity to read it",
     "malformed_version.h5": "{path}: malformed format_version 'one.zero' in this dump. "
                             "This reader understands dump format 1.x",

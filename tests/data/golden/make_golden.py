@@ -27,7 +27,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 from protocol import (  # noqa: E402
-    FORMAT_VERSION, DumpWriter, InputSample, Manifest, RecordKey, TensorStats, bfloat16_bits, compute_stats,
+    FORMAT_VERSION, CallLogBuilder, DumpWriter, InputSample, Manifest, RecordKey, TensorStats, bfloat16_bits, compute_stats,
     open_dump, read_input_set, write_input_set,
 )
 
@@ -106,6 +106,25 @@ def write_golden_dump(path: str, inputs_sha256: str) -> None:
         w.add(_k("model.layers.0:out.0", call=1), f32 * 2, module_type="LlamaDecoderLayer")
         w.add(_k(":out.logits", step=1), logits, module_type="LlamaForCausalLM")
         w.add_array("generated_tokens.s0", np.array([3, 1], np.int64))
+        w.set_calls(golden_calls())
+
+
+def golden_calls() -> dict:
+    """The golden dump's call structures (format 1.2): every node kind, a shared signature and an exception."""
+    log = CallLogBuilder()
+    log.add("", "golden.Model", 0, 0, 0, {"args": [], "kwargs": {"input_ids": {"tensor": "input_ids"},
+                                                                   "use_cache": {"value": False}}})
+    layer = {"args": [{"tensor": "args.0"}], "kwargs": {
+        "position_embeddings": {"tuple": [{"tensor": "kwargs.position_embeddings.0"},
+                                          {"tensor": "kwargs.position_embeddings.1"}]},
+        "cache": {"cache": "DynamicCache", "fresh": True}, "dtype": {"dtype": "bfloat16"},
+        "device": {"device": "cpu"}, "scale": {"value": 0.5}, "names": {"list": [{"value": "a"}, {"value": None}]},
+        "options": {"dict": {"k": {"value": 1}}}, "config": {"opaque": "golden.Config"}}}
+    carried = {"args": [{"tensor": "args.0"}], "kwargs": {"cache": {"cache": "DynamicCache", "fresh": False}}}
+    log.add("model.layers.0", "golden.DecoderLayer", 0, 0, 0, layer)
+    log.add("model.layers.0", "golden.DecoderLayer", 0, 0, 1, carried)
+    log.add("model.layers.0", "golden.DecoderLayer", 0, 1, 0, layer)
+    return log.document()
 
 
 def write_golden_lz4_dump(path: str, inputs_sha256: str) -> None:
@@ -177,6 +196,9 @@ def describe_dump(path: str) -> dict:
                "arrays": {n: _array(r.array(n)) for n in r.array_names()}}
         if r.checksums:
             doc["checksums"] = True
+        calls = r.calls()
+        if calls is not None:  # 1.2: the call structures (key absent before 1.2)
+            doc["calls"] = calls.document
         return doc
 
 
