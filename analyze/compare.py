@@ -34,7 +34,7 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             topk: int = DEFAULT_TOPK, show_progress: bool | None = None, thresholds=None, floor=None,
             max_failure_rate: float = 0.01, replay=None, replay_factor: float = DEFAULT_REPLAY_FACTOR,
-            replay_modules: str | None = None, replay_device: str | None = None) -> Report:
+            replay_modules: str | None = None, replay_device: str | None = None, scheduler=None) -> Report:
     """Compare a candidate dump with a reference dump.
 
     Args:
@@ -59,6 +59,9 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
             ``replay_device`` (default cpu) and freed afterwards.
         replay_factor: a local error over this many times the expected noise counts as introduced.
         replay_modules: a regex searched in module paths: replay only those.
+        scheduler: a Dask scheduler's address (or ``analyze.distributed.ClusterSettings``, a ``Client``): the
+            record pairs are measured on its workers, which open the dumps by the same paths
+            (analyze/distributed.py); the report is the local run's.
 
     Returns:
         A Report (``report.verdict``, ``report.exit_code``, ``report.sites``, ``report.first_divergence``...).
@@ -68,6 +71,7 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
         PairingError: different world sizes, inconsistent rank files, or no record in common (nothing compared).
         ValueError: an unknown metric name or an invalid regex.
         ThresholdFileError: a missing or malformed thresholds file.
+        ClusterError: with ``scheduler``, a cluster that cannot do the work (unreachable, no worker...).
         ParityError subclasses: unreadable dumps; CaptureError: a replay model that cannot be loaded.
     """
     unknown = sorted(set(metrics or ()) - set(ALL_METRICS))
@@ -81,7 +85,7 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
     if floor is not None:
         floor_report = compare(ref_path, floor, metrics=["rel_l2", "stats_rel_l2", "cosine"], sites=sites,
                                logit_sites=logit_sites, tolerances=tolerances, chunk_elements=chunk_elements,
-                               show_progress=show_progress)
+                               show_progress=show_progress, scheduler=scheduler)
     floor_by_key = floor_errors(floor_report) if floor_report is not None else None
 
     def site_limits(name: str) -> dict | None:
@@ -132,21 +136,17 @@ def compare(ref_path, cand_path, *, inputs=None, metrics=None, sites: str | None
                                "capture both from the same model and inputs; an ONNX capture pairs with a "
                                "PyTorch one through --sites-like and --rename")
         with progress_bar(total, "comparing records", enabled=show_progress) as bar:
-            for p, rd, cd in zip(pairings, ref.readers, cand.readers):
-                logit_keys = {i.key for i in logit_records(rd, logit_sites)} if p.rank == 0 else set()
-                for ri, ci in p.pairs:
-                    rec = compare_record(rd, cd, ri, ci, rank=p.rank, atol=atol, rtol=rtol, table=table,
-                                         chunk_elements=chunk_elements)
-                    decision = judge_record(rec.metrics, status=rec.status, stats_only=rec.kind == "stats-only",
-                                            tolerance=rec.tolerance or 0.0, key=rec.key,
-                                            limits=site_limits(site_name(ri.key.site, ri.key.call)),
-                                            floor=floor_by_key.get((p.rank, rec.key)) if floor_by_key else None)
-                    _add_to_site(site_map, decisions, ri, rec, decision, keep)
-                    if rec.status != "error" and ri.key in logit_keys and logit_pair_usable(ri, ci) \
-                            and dtype_class(ri.dtype) == dtype_class(ci.dtype) == "float":
-                        logit_map.setdefault(ri.key.site, []).append(compare_logit_records(
-                            rd, cd, ri, ci, inputset, rank=p.rank, topk=topk, chunk_elements=chunk_elements))
-                    bar.advance()
+            measured = measure_pairs(pairings, ref, cand, inputset, logit_sites=logit_sites, scheduler=scheduler,
+                                     atol=atol, rtol=rtol, table=table, topk=topk, chunk_elements=chunk_elements)
+            for p, ri, ci, rec, logit in measured:
+                decision = judge_record(rec.metrics, status=rec.status, stats_only=rec.kind == "stats-only",
+                                        tolerance=rec.tolerance or 0.0, key=rec.key,
+                                        limits=site_limits(site_name(ri.key.site, ri.key.call)),
+                                        floor=floor_by_key.get((p.rank, rec.key)) if floor_by_key else None)
+                _add_to_site(site_map, decisions, ri, rec, decision, keep)
+                if logit is not None:
+                    logit_map.setdefault(ri.key.site, []).append(logit)
+                bar.advance()
         report.sites = list(site_map.values())
         for s in report.sites:
             how = ("thresholds" if site_limits(s.name) is not None
@@ -266,6 +266,46 @@ def compare_record(rd: DumpReader, cd: DumpReader, ri: RecordInfo, ci: RecordInf
             return rec
     rec.status, rec.metrics, rec.numel, rec.excluded = mv.status, mv.values, mv.numel, mv.excluded
     return rec
+
+
+def measure_pairs(pairings, ref, cand, inputset, *, logit_sites: str | None = None, scheduler=None, **options):
+    """Measure every record pair of every rank in the reference's order: the record loop of ``compare``.
+
+    Args:
+        pairings: ``pairing.pair_records`` of each rank, in rank order; ref, cand: the open sides.
+        inputset: the input set (next-token labels of the logits records), or None.
+        logit_sites: regex naming the logits sites (see ``compare``).
+        scheduler: None (here, one record after the other), or a Dask scheduler: the pairs are measured on its
+            workers in batches (analyze/distributed.py) and yielded in the same order with the same values.
+        options: ``measure_pair``'s atol, rtol, table, topk, chunk_elements.
+
+    Yields:
+        ``(pairing, ri, ci, RecordResult, LogitRecordResult | None)`` per record pair.
+    """
+    work = []  # per rank: its pairing and, per record pair, whether it is a logits record (the logit block: rank 0)
+    for p, rd in zip(pairings, ref.readers):
+        logit_keys = {i.key for i in logit_records(rd, logit_sites)} if p.rank == 0 else set()
+        work.append((p, [ri.key in logit_keys for ri, _ in p.pairs]))
+    if scheduler is not None:
+        from .distributed import measure_on_cluster
+        yield from measure_on_cluster(measure_pair, work, ref, cand, inputset, scheduler=scheduler, options=options)
+        return
+    for (p, flags), rd, cd in zip(work, ref.readers, cand.readers):
+        for (ri, ci), logit in zip(p.pairs, flags):
+            yield (p, ri, ci, *measure_pair(rd, cd, ri, ci, rank=p.rank, logit=logit, inputset=inputset, **options))
+
+
+def measure_pair(rd: DumpReader, cd: DumpReader, ri: RecordInfo, ci: RecordInfo, *, rank: int, logit: bool,
+                 inputset, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, table: dict | None = None,
+                 topk: int = DEFAULT_TOPK, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple:
+    """One record pair's measurements: ``(RecordResult, LogitRecordResult | None)``; the token metrics when
+    ``logit`` (a logits record) and both records hold usable float logits. Runs here or on a Dask worker."""
+    rec = compare_record(rd, cd, ri, ci, rank=rank, atol=atol, rtol=rtol, table=table, chunk_elements=chunk_elements)
+    if logit and rec.status != "error" and logit_pair_usable(ri, ci) \
+            and dtype_class(ri.dtype) == dtype_class(ci.dtype) == "float":
+        return rec, compare_logit_records(rd, cd, ri, ci, inputset, rank=rank, topk=topk,
+                                          chunk_elements=chunk_elements)
+    return rec, None
 
 
 def _stream_metrics(rd, cd, ri, ci, atol, rtol, chunk_elements) -> MetricValues:

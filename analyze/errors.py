@@ -10,3 +10,8 @@ class ReportError(ParityError):
 
 class ThresholdFileError(ParityError):
     """A thresholds file that is missing, malformed, or of an unsupported version."""
+
+
+class ClusterError(ParityError):
+    """A Dask cluster that cannot do the analysis: an unreachable scheduler, no worker, a worker that does not see
+    the dumps or runs another tensorparity version (``--scheduler``; analyze/distributed.py)."""

@@ -1,11 +1,12 @@
 """The watcher's work on one pair: what is left to do in a run, and one analysis into its scratch folder.
 
-``plan_run`` reads what is on disk; ``analyze_pair`` runs in a worker process, writes the reports into the lease's
-scratch folder (analyze/watch_leases.py) and moves them into ROOT/reports/<run>/ from there: the CSV and HTML by
-rename, the JSON last by a hard link that never replaces a report. Before it moves anything it checks the scratch
-folder's owner mark: a takeover deletes the folder (a writer may make it again, but without the mark), and after
-the check only renames and links out of the folder follow, which fail once it is gone. So a watcher that lost its
-lease while it worked publishes nothing.
+``plan_run`` reads what is on disk; ``analyze_pair`` runs in a worker process: ``compute_pair`` (the comparison,
+which writes nothing, so it may run on a Dask worker instead: analyze/distributed.py), then ``publish_pair``, which
+writes the reports into the lease's scratch folder (analyze/watch_leases.py) and moves them into ROOT/reports/<run>/
+from there: the CSV and HTML by rename, the JSON last by a hard link that never replaces a report. Before it moves
+anything it checks the scratch folder's owner mark: a takeover deletes the folder (a writer may make it again, but
+without the mark), and after the check only renames and links out of the folder follow, which fail once it is gone.
+So a watcher that lost its lease while it worked publishes nothing.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import tempfile
 from dataclasses import dataclass
 
 from protocol import (
-    ParityError, SharedFolder, create_exclusive_json, link_no_replace, open_dump, parse_dump_name, write_new_json,
+    ParityError, SharedFolder, create_exclusive_json, link_no_replace, open_dump, parse_dump_name, resolve_inside,
+    write_new_json,
 )
 from protocol.claims import OWNER_MARK
 from protocol.jobs import read_job
 
 from .compare import compare
+from .report import Report
 from .render.html import write_html
 from .render.tables import write_csv
 from .watch_leases import WATCH_DIR
@@ -47,14 +50,32 @@ class PairTask:
     inputs_path: str | None
     thresholds: str | None
     scratch: str | None = None
+    replay_model: str | None = None  # the reference's PyTorch model folder inside ROOT: replay on it
+
+
+@dataclass
+class PairOutcome:
+    """What one pair's analysis found, before anything is written (plain data: it may come from a Dask worker).
+
+    Either ``report``, or ``error``: a dump that cannot be opened (``label``/``dump`` name it, ``reference`` is
+    None) or a pair that cannot be compared (the candidate's, ``reference`` set).
+    """
+
+    report: Report | None = None
+    error: ParityError | None = None
+    label: str | None = None
+    dump: str | None = None
+    reference: str | None = None
 
 
 class LeaseLost(Exception):
     """The scratch folder lost its owner mark: a takeover deleted it while the analysis ran."""
 
 
-def plan_run(folder: SharedFolder, run_id: str, default_thresholds: str | None = None) -> list[PairTask]:
-    """The pairs of a run that still need a report, from what is on disk.
+def plan_run(folder: SharedFolder, run_id: str, default_thresholds: str | None = None, *,
+             replay: bool = True) -> list[PairTask]:
+    """The pairs of a run that still need a report, from what is on disk; with ``replay``, each task names the
+    reference's model folder when the job's model is a PyTorch model inside ROOT.
 
     Raises:
         JobError: the run has no readable job (its reference is unknown).
@@ -86,8 +107,23 @@ def plan_run(folder: SharedFolder, run_id: str, default_thresholds: str | None =
         if os.path.exists(base + ".json"):
             continue
         tasks.append(PairTask(run_id, job.reference + suffix, label + suffix, ref_path, cand_path, base,
-                              inputs if os.path.isfile(inputs) else None, thresholds))
+                              inputs if os.path.isfile(inputs) else None, thresholds,
+                              replay_model=_replay_model(folder, job) if replay else None))
     return tasks
+
+
+def _replay_model(folder: SharedFolder, job) -> str | None:
+    """The reference label's model folder when it is a PyTorch model inside ROOT: the watcher replays the
+    candidate's modules on it (analyze/local_error.py). None otherwise (a hub id, an ONNX reference)."""
+    target = job.target(job.reference)
+    model = target.get("model", job.model)
+    if target.get("backend", job.backend) != "torch" or "path" not in model:
+        return None
+    try:
+        path = resolve_inside(folder.root, model["path"], "model path")
+    except ParityError:
+        return None
+    return path if os.path.isdir(path) else None
 
 
 def write_error_report(folder: SharedFolder, run_id: str, label: str, dump_path: str, exc: ParityError,
@@ -117,10 +153,54 @@ def write_error_report(folder: SharedFolder, run_id: str, label: str, dump_path:
 
 
 def analyze_pair(root: str, task: PairTask) -> dict:
-    """Compare one pair and write its reports (CSV, HTML, then the JSON). Runs in a worker process.
+    """Compare one pair and write its reports (CSV, HTML, then the JSON): ``publish_pair`` of ``compute_pair``.
+    Runs in a worker process of the watcher's pool. Returns what ``publish_pair`` returns."""
+    return publish_pair(root, task, compute_pair(task))
 
-    A dump that cannot be opened gets ``<label>.error.json``; a pair that cannot be compared (different input
-    sets, nothing in common) gets ``<candidate>.error.json`` naming the reference.
+
+def compute_pair(task: PairTask) -> PairOutcome:
+    """Compare one pair; writes nothing. A dump that cannot be opened, or a pair that cannot be compared
+    (different input sets, nothing in common), is an outcome with its ``error``, not an exception."""
+    for label, path in ((task.reference, task.ref_path), (task.candidate, task.cand_path)):
+        try:
+            open_dump(path).close()
+        except ParityError as exc:
+            return PairOutcome(error=exc, label=label, dump=path)
+    kwargs = {"inputs": task.inputs_path}
+    if task.thresholds:
+        kwargs["thresholds"] = task.thresholds
+    replayer, warning = _open_replayer(task)
+    try:
+        report = compare(task.ref_path, task.cand_path, replay=replayer, **kwargs)
+    except ParityError as exc:
+        return PairOutcome(error=exc, label=task.candidate, dump=task.cand_path, reference=task.reference)
+    finally:
+        if replayer is not None:
+            replayer.close()
+    if warning:
+        report.warnings.append(warning)
+    return PairOutcome(report=report)
+
+
+def _open_replayer(task: PairTask):
+    """``(replayer, None)`` on the task's replay model in the reference's dtype, or ``(None, warning)``: a replay
+    that cannot run here (no torch on this host, a model that does not load) leaves the report without local
+    errors, never without a report."""
+    if not task.replay_model:
+        return None, None
+    from protocol.replay import open_replayer
+    try:
+        with open_dump(task.ref_path) as ref:
+            dtype = ref.manifest.dtype if ref.manifest.dtype in ("float32", "float16", "bfloat16") else None
+        return open_replayer(task.replay_model, dtype=dtype), None
+    except ParityError as exc:
+        return None, f"no replay on {task.replay_model}: {exc.message}"
+
+
+def publish_pair(root: str, task: PairTask, outcome: PairOutcome) -> dict:
+    """Write one pair's outcome under its lease: the reports (CSV, HTML, then the JSON), or ``<label>.error.json``
+    for a dump that cannot be opened, or ``<candidate>.error.json`` naming the reference for a pair that cannot be
+    compared. Runs in the watcher's worker process, or in the watcher itself for an analysis done on a cluster.
 
     Returns:
         ``{"kind": "report", "verdict", "first", "path"}``, ``{"kind": "error", "label", "message", "path"}``,
@@ -130,7 +210,7 @@ def analyze_pair(root: str, task: PairTask) -> dict:
     folder = SharedFolder(root)
     scratch = task.scratch or _private_scratch(folder, task)
     try:
-        return _analyze(folder, task, scratch)
+        return _publish(folder, task, scratch, outcome)
     except LeaseLost:
         if not os.path.exists(os.path.join(scratch, OWNER_MARK)):  # what this analysis wrote after the takeover
             shutil.rmtree(scratch, ignore_errors=True)                # deleted the folder (it has our name)
@@ -158,22 +238,12 @@ def _check_mark(scratch: str) -> None:
         raise LeaseLost(scratch)
 
 
-def _analyze(folder: SharedFolder, task: PairTask, scratch: str) -> dict:
-    for label, path in ((task.reference, task.ref_path), (task.candidate, task.cand_path)):
-        try:
-            open_dump(path).close()
-        except ParityError as exc:
-            return {"kind": "error", "label": label, "message": exc.message,
-                    "path": write_error_report(folder, task.run_id, label, path, exc, scratch=scratch)}
-    kwargs = {"inputs": task.inputs_path}
-    if task.thresholds:
-        kwargs["thresholds"] = task.thresholds
-    try:
-        report = compare(task.ref_path, task.cand_path, **kwargs)
-    except ParityError as exc:
-        return {"kind": "error", "label": task.candidate, "message": exc.message,
-                "path": write_error_report(folder, task.run_id, task.candidate, task.cand_path, exc, task.reference,
-                                           scratch=scratch)}
+def _publish(folder: SharedFolder, task: PairTask, scratch: str, outcome: PairOutcome) -> dict:
+    if outcome.error is not None:
+        return {"kind": "error", "label": outcome.label, "message": outcome.error.message,
+                "path": write_error_report(folder, task.run_id, outcome.label, outcome.dump, outcome.error,
+                                           outcome.reference, scratch=scratch)}
+    report = outcome.report
     base = os.path.basename(task.report_base)
     try:
         names = [os.path.basename(p) for p in write_csv(report, scratch, stem=base)]

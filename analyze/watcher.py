@@ -17,6 +17,9 @@ Design (docs/ARCHITECTURE.md section 3):
 - Pairs run in a bounded pool of worker processes (forkserver or spawn: the observer runs threads, so no fork); a
   lease is taken when its pair is handed to the pool, never more than twice the workers ahead, so that a second
   watcher gets a share of the work. A dump is opened read-only and is never deleted or rewritten.
+- With a Dask scheduler (``scheduler``), each pair's comparison runs on the cluster instead of the local pool
+  (analyze/distributed.py), and its outcome comes back here, where it is published as from the local pool: under
+  the same lease, the JSON moved into place last. In flight: twice the cluster's worker threads.
 - One log line per report: verdict and first divergent site.
 """
 from __future__ import annotations
@@ -41,9 +44,11 @@ from protocol.claims import Claim, holds, new_agent_identity, update_claim
 from protocol.fsprobe import probe_folder
 from protocol.jobs import utc_now
 
+from .errors import ClusterError
 from .thresholds import as_thresholds
 from .watch_leases import acquire_lease, lease_site, pair_done, release_lease, sweep_leftovers
-from .watch_pairs import ERROR_FORMAT, ERROR_FORMAT_VERSION, PairTask, analyze_pair, describe_divergence, plan_run
+from .watch_pairs import (ERROR_FORMAT, ERROR_FORMAT_VERSION, PairTask, analyze_pair, compute_pair,
+                          describe_divergence, plan_run, publish_pair)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,10 @@ class WatchSettings:
         once: catch up, wait for the analyses, and return (no observer).
         heartbeat_timeout: a pair's lease whose heartbeat is older than this is taken over (another watcher died).
         heartbeat_interval: seconds between heartbeats (default: a quarter of the timeout, at most 10 s).
+        scheduler: a Dask scheduler's address: pairs are compared on its workers, not in local processes
+            (``workers`` is then unused; the workers must see ``root`` at the same path).
+        connect_timeout: seconds to reach the scheduler.
+        replay: replay candidates' modules on the job's reference model when it is a PyTorch folder in ROOT.
     """
 
     root: str
@@ -76,6 +85,9 @@ class WatchSettings:
     once: bool = False
     heartbeat_timeout: float = 120.0
     heartbeat_interval: float | None = None
+    scheduler: str | None = None
+    connect_timeout: float = 10.0
+    replay: bool = True
 
 
 def _worker_init() -> None:
@@ -153,8 +165,10 @@ class Watcher:
                 observer.schedule(handler, self.folder.sub("jobs"), recursive=False)
                 observer.start()
             runs = sorted(os.listdir(self.folder.sub("dumps")))
-            log.info("watching %s (%s, %s, %d workers): catching up on %d run(s)", self.folder.root,
-                     self.folder_report.filesystem, "polling" if s.polling else "inotify", s.workers, len(runs))
+            where = f"{s.workers} workers" if s.scheduler is None else \
+                f"Dask scheduler {s.scheduler}, {pool.capacity()} worker thread(s)"
+            log.info("watching %s (%s, %s, %s): catching up on %d run(s)", self.folder.root,
+                     self.folder_report.filesystem, "polling" if s.polling else "inotify", where, len(runs))
             self._schedule(runs)
             self._fill(pool)
             while not self._stop.is_set():
@@ -201,7 +215,7 @@ class Watcher:
         """Plan the dirty runs: pairs without a report become pending."""
         for run_id in sorted(runs):
             try:
-                tasks = plan_run(self.folder, run_id, self.settings.thresholds)
+                tasks = plan_run(self.folder, run_id, self.settings.thresholds, replay=self.settings.replay)
                 self._unpairable.pop(run_id, None)
             except ParityError as exc:
                 if self._unpairable.get(run_id) != exc.message:
@@ -214,7 +228,7 @@ class Watcher:
 
     def _fill(self, pool: cf.ProcessPoolExecutor) -> None:
         """Hand pending pairs to the pool, each under its lease, while fewer than twice the workers are in flight."""
-        limit = 2 * max(1, self.settings.workers)
+        limit = 2 * (max(1, self.settings.workers) if self.settings.scheduler is None else pool.capacity())
         while self._pending and len(self._in_flight) < limit and not self._stop.is_set():
             base, task = next(iter(self._pending.items()))
             del self._pending[base]
@@ -244,7 +258,10 @@ class Watcher:
                 self._release(base)
                 continue
             task = dataclasses.replace(task, scratch=site.work_dir(lease))
-            future = pool.submit(analyze_pair, self.folder.root, task)
+            if self.settings.scheduler is None:
+                future = pool.submit(analyze_pair, self.folder.root, task)
+            else:  # compared on the cluster, published here
+                future = pool.submit(self.folder.root, task)
             future.add_done_callback(lambda _f: self._dirty.put(""))  # wake the loop to reap it
             self._in_flight[base] = (future, task)
 
@@ -297,6 +314,15 @@ class Watcher:
                 continue
             except cf.CancelledError:
                 continue
+            except ClusterError as exc:  # the cluster lost it (its workers kept dying) or cannot see the folder
+                self._attempts[base] = self._attempts.get(base, 0) + 1
+                log.error("run %s: %s vs %s: %s (attempt %d)", task.run_id, task.candidate, task.reference,
+                          exc.message, self._attempts[base])
+                if self._attempts[base] >= 2:
+                    self._release(base)
+                else:
+                    self._dirty.put(task.run_id)  # the lease is kept: the retry runs under it
+                continue
             except Exception:  # a bug in the analysis: keep serving the other pairs; a restart retries it
                 self._attempts[base] = 2
                 self._release(base)
@@ -338,7 +364,18 @@ class Watcher:
             log.warning("run %s: %s vs %s: a report appeared meanwhile and is kept: %s", task.run_id, task.candidate,
                         task.reference, os.path.relpath(outcome["path"], self.folder.root))
 
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
+    def _new_pool(self):
+        if self.settings.scheduler is not None:  # one client for the watcher's life: a cluster never "breaks"
+            from .distributed import ClusterPairPool, ClusterSettings
+            pool = ClusterPairPool(ClusterSettings(self.settings.scheduler,
+                                                   connect_timeout=self.settings.connect_timeout),
+                                   compute_pair, publish_pair)
+            for warning in pool.warnings:
+                log.warning("%s", warning)
+            if not pool.client.nthreads():
+                log.warning("no worker has joined the Dask scheduler %s yet: the pairs wait for one",
+                            self.settings.scheduler)
+            return pool
         # forkserver/spawn, never fork: the observer's threads would be copied in an unknown state
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         return cf.ProcessPoolExecutor(max_workers=max(1, self.settings.workers),

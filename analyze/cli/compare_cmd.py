@@ -70,9 +70,14 @@ def _tolerances(ctx, param, value):
               help="With --replay: replay only the modules whose path matches.")
 @click.option("--replay-device", default=None, metavar="DEVICE",
               help="With --replay: the device to replay on (default cpu).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Measure the records on the workers of this Dask scheduler (tcp://HOST:PORT); they open the "
+                   "dumps by the same paths. Same report as without it.")
+@click.option("--scheduler-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="With --scheduler: seconds to reach the scheduler.")
 def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tolerances, tokens, thresholds_path,
-                max_failure_rate, floor, html_path, replay_model, replay_factor, replay_modules,
-                replay_device) -> None:
+                max_failure_rate, floor, html_path, replay_model, replay_factor, replay_modules, replay_device,
+                scheduler, scheduler_timeout) -> None:
     """Compare the candidate dump CAND with the reference dump REF, site by site in execution order.
 
     Prints one line per site over the default tolerance (rel_l2 > tol or cosine < 1 - tol, tol set by the
@@ -83,21 +88,30 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
     The summary names the first divergent site and the module with the largest error gain (output error / input
     error). With --replay REF_MODEL each module of CAND whose inputs and outputs it holds in full is run again, on the
     reference model, on CAND's own inputs: the summary then names first the module that introduces error beyond
-    what CAND's precision explains, and exits 1 if one does.
+    what CAND's precision explains, and exits 1 if one does. With --scheduler the record comparisons run on a Dask
+    cluster's workers, which must see the dumps (and the input set) at the same paths; the report is the same, and
+    an unreachable scheduler or a cluster without workers exits 3.
 
     \b
     Example:
       parity compare dumps/cpu-fp32.h5 dumps/cpu-bf16.h5 --inputs inputs.h5 -o report.json --csv report_csv
       parity compare dumps/cpu-fp32.h5 dumps/gpu-fp16.h5 --thresholds th.json --html report.html
       parity compare dumps/cpu-fp32.h5 dumps/gpu-bf16.h5 --replay models/llama
+      parity compare /mnt/parity/dumps/r1/cpu-fp32.h5 /mnt/parity/dumps/r1/gpu.h5 --scheduler tcp://10.0.0.5:8786
     """
     from analyze.compare import compare
     from analyze.render.text import summary_lines
 
     ref, cand = _split_sides(dumps)
+    cluster = None
+    if scheduler:
+        from analyze.distributed import ClusterSettings
+        from common.console import log_to_stderr
+        log_to_stderr("analyze.distributed")  # the workers' environment warnings
+        cluster = ClusterSettings(scheduler, connect_timeout=scheduler_timeout)
     report = compare(ref if len(ref) > 1 else ref[0], cand if len(cand) > 1 else cand[0], inputs=inputs,
                      metrics=metrics, sites=sites, logit_sites=logits_site, tolerances=tolerances,
-                     thresholds=thresholds_path, max_failure_rate=max_failure_rate, floor=floor,
+                     thresholds=thresholds_path, max_failure_rate=max_failure_rate, floor=floor, scheduler=cluster,
                      replay=replay_model, replay_factor=replay_factor, replay_modules=replay_modules,
                      replay_device=replay_device)
     for w in report.warnings:

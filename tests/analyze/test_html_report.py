@@ -3,6 +3,7 @@ first-divergence card names the planted fault, a screenshot is non-empty; text f
 loads nothing from the network; ``parity compare --html`` and ``parity report --html``."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -121,3 +122,31 @@ def test_site_names_are_escaped(tmp_path, input_set):
     dom = _chromium("--dump-dom", f"file://{out}").stdout
     # no element came out of the names: an <img> or a <script>alert would serialize as such in the DOM
     assert "<img" not in dom and "<script>alert" not in dom and 'data-rendered="1"' in dom
+
+
+def test_a_replay_draws_the_local_error_curve_and_names_the_module_first(fault_report, tiny_llama, tmp_path):
+    folder, ref, cand = fault_report
+    out = str(tmp_path / "replay.html")
+    res = CliRunner().invoke(cli, ["compare", ref, cand, "--replay", tiny_llama, "--html", out,
+                                   "--csv", str(tmp_path / "csv")])
+    assert res.exit_code == 1, res.output
+    assert "error introduced here: model.layers.1.mlp.down_proj (" in res.output
+    assert "INTRO model.layers.1.mlp.down_proj  local rel_l2=" in res.output
+    html = _chromium("--dump-dom", f"file://{out}").stdout
+    assert re.search(r'<canvas id="local-curve"[^>]*data-rendered="1"', html) or \
+        re.search(r'<canvas[^>]*data-rendered="1"[^>]*id="local-curve"', html), "the local-error chart did not run"
+    card = html[html.index('id="introduced"'):]
+    assert "Error introduced here" in card[:400] and "model.layers.1.mlp.down_proj" in card[:600]
+    assert "Top error gain" not in html  # the replay answers "where"
+    with open(tmp_path / "csv" / "local.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["module"] == "model.layers.1.mlp.down_proj" and rows[0]["introduced"] == "1"
+    assert float(rows[0]["local_rel_l2"]) > float(rows[0]["limit"]) > 0
+
+
+def test_without_replay_the_page_says_what_replay_would_add(fault_report, tmp_path):
+    folder, ref, cand = fault_report
+    out = str(tmp_path / "plain.html")
+    CliRunner().invoke(cli, ["compare", ref, cand, "--html", out])
+    page = _read(out)
+    assert "Ranked by accumulated error only" in page and "--replay REF_MODEL" in page

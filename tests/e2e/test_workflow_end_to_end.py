@@ -48,6 +48,11 @@ def test_two_agents_and_a_watcher_report_both_runs_with_the_right_verdicts(procs
     assert drift["verdict"] == "diverged"
     first = drift["first_divergence"]
     assert first["tolerance"] == 1e-2 and 1e-2 < first["rel_l2"] < 0.5, first
+    # the job's model is a PyTorch folder inside ROOT: the watcher replayed every module on it, and bf16's
+    # accumulated drift is nobody's fault (the same-dtype run is exact module by module)
+    assert drift["local"]["replayed"] > 20 and drift["local"]["first_introduced"] is None, drift["local"]["modules"][:2]
+    assert drift["local"]["model"].endswith("models/tiny-llama")
+    assert all(e["local"] == 0.0 for e in same["local"]["modules"])
     with open_dump(folder.dump_path("bf16-drift", "cpu-bf16")) as dump:
         assert dump.manifest.dtype == "bfloat16" and dump.manifest.inputs_sha256 == read_json(job_path)["inputs"]
     with open_dump(folder.dump_path("same-dtype", "cpu-bf16")) as dump:

@@ -10,7 +10,11 @@ import pytest
 FORBIDDEN = {
     "protocol": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "click", "watchdog", "transformers",
                  "capture", "analyze", "numba"],
-    "analyze": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture", "numba"],
+    "analyze": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers", "capture", "numba", "dask",
+                "distributed"],
+    # dask is loaded by analyze/distributed.py only, when a command is given --scheduler
+    "analyze.watcher": ["dask", "distributed", "analyze.distributed"],
+    "analyze.cli.compare_cmd": ["dask", "distributed", "analyze.distributed"],
     "capture": ["analyze", "torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
     "workflows": ["torch", "onnx", "onnxruntime", "onnxruntime_genai", "transformers"],
     # the root CLI composes every package's command table, and loads no command module until it runs
