@@ -26,7 +26,7 @@ from protocol.claims import (
     ABANDONED, Claim, ClaimSite, discard_work_dir, new_agent_identity, publish_work, read_current_claim,
     stale_reason, take_over, try_claim, update_claim,
 )
-from protocol.backends import BACKENDS, OPTIONS, resolve
+from protocol.backends import BACKENDS, OPTIONS, PLACEMENT_OPTIONS, resolve
 from protocol.fsprobe import probe_folder
 from protocol.jobs import Job, read_job, utc_now, write_job
 
@@ -66,12 +66,15 @@ class _StopCheck:
 @dataclass
 class AgentSettings:
     """How an agent runs. A job's ``targets[label]`` overrides device, dtype, backend, provider,
-    attn_implementation and compression; the agent's ``backend`` (when set) overrides the job's default backend.
+    attn_implementation, device_map, max_memory and compression; the agent's ``backend`` (when set) overrides the
+    job's default backend.
 
     Attributes:
         root: the shared folder.
         label: the label this agent captures (e.g. ``cpu-fp32``).
         device, dtype, backend, provider, attn_implementation, compression: defaults for the captures.
+        device_map, max_memory, offload_folder: how a torch model is spread over this host's devices, memory and
+            disk (protocol/backends.py PLACEMENT_OPTIONS); a device map replaces ``device``.
         poll_interval: seconds between scans of ROOT/jobs when idle.
         heartbeat_timeout: a running claim whose heartbeat is older than this is taken over.
         heartbeat_interval: seconds between heartbeats (default: a quarter of the timeout, at most 10 s).
@@ -85,6 +88,9 @@ class AgentSettings:
     backend: str | None = None
     provider: str | None = None
     attn_implementation: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
     compression: str = "none"
     poll_interval: float = 2.0
     heartbeat_timeout: float = 120.0
@@ -341,7 +347,8 @@ class Agent:
         backend = load_backend(target.get("backend") or s.backend or job.backend,
                                files["model"] or files["model_id"], target=target,
                                defaults={"device": s.device, "dtype": s.dtype, "provider": s.provider,
-                                         "attn_implementation": s.attn_implementation})
+                                         "attn_implementation": s.attn_implementation, "device_map": s.device_map,
+                                         "max_memory": s.max_memory, "offload_folder": s.offload_folder})
         return backend.capture(read_input_set(files["inputs"]), output, options, progress=_StopCheck(self))
 
 
@@ -352,7 +359,10 @@ def load_backend(name: str, model: str, *, target: dict | None = None, defaults:
         target: the job's options for this label (``device``, ``dtype``, ``provider``, ``attn_implementation``):
             each is passed, and a backend that cannot honour one refuses it (never dropped).
         defaults: the agent's own defaults (its command line): passed only where the backend honours them, since
-            they describe the host, not the job.
+            they describe the host, not the job. A device map (the job's or the host's) replaces the host's
+            default device, which would otherwise contradict it (a device the job names is kept, and refused by
+            the backend beside a device map); without a device map the host's max_memory and offload_folder have
+            nothing to apply to and are not passed.
 
     Raises:
         CaptureError: the backend is unknown, not available on this host (not installed, or not built yet), or
@@ -369,6 +379,11 @@ def load_backend(name: str, model: str, *, target: dict | None = None, defaults:
             from None
     target, defaults = target or {}, defaults or {}
     options = {k: target[k] if k in target else (defaults.get(k) if k in spec.honours else None) for k in OPTIONS}
+    if options.get("device_map") is not None:
+        if "device" not in target:
+            options["device"] = None
+    else:  # a host's memory limits and offload folder are for jobs that spread a model; idle otherwise
+        options.update({k: None for k in PLACEMENT_OPTIONS if k not in target})
     return factory(model, **options)
 
 

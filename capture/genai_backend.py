@@ -68,14 +68,16 @@ class GenaiBackend(CaptureBackend):
 
     @classmethod
     def open(cls, model: str, *, device: str | None = None, dtype: str | None = None, provider: str | None = None,
-             attn_implementation: str | None = None) -> "GenaiBackend":
+             attn_implementation: str | None = None, device_map: str | None = None, max_memory: str | None = None,
+             offload_folder: str | None = None) -> "GenaiBackend":
         """The registry's factory (protocol/backends.py).
 
         Raises:
-            CaptureError: any device, dtype, provider or attention choice (the build and the installed distribution
-                fix them), or what the constructor raises.
+            CaptureError: any device, dtype, provider, attention choice or device map (the build and the installed
+                distribution fix them), or what the constructor raises.
         """
-        check_options("genai", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation)
+        check_options("genai", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation,
+                      device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
         return cls(model)
 
     def __init__(self, model_dir: str, *, intermediates: bool = False, include_ops=None, exclude_ops=None,

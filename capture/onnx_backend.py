@@ -129,14 +129,17 @@ class OnnxBackend(CaptureBackend):
 
     @classmethod
     def open(cls, model: str, *, device: str | None = None, dtype: str | None = None, provider: str | None = None,
-             attn_implementation: str | None = None) -> "OnnxBackend":
+             attn_implementation: str | None = None, device_map: str | None = None, max_memory: str | None = None,
+             offload_folder: str | None = None) -> "OnnxBackend":
         """The registry's factory (protocol/backends.py): the execution provider is ``provider``, else ``cuda`` for
         a cuda device and ``cpu`` otherwise.
 
         Raises:
-            CaptureError: a dtype or attention choice (the graph fixes both), or what the constructor raises.
+            CaptureError: a dtype, attention choice or device map (the graph fixes the first two, and ONNX
+                Runtime places the whole graph on its provider), or what the constructor raises.
         """
-        check_options("onnx", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation)
+        check_options("onnx", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation,
+                      device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
         return cls(model, ep=provider or ("cuda" if (device or "").startswith("cuda") else "cpu"))
 
     def __init__(self, model_path: str, ep: str = "cpu", provider_options: dict | None = None,

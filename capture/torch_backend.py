@@ -27,7 +27,8 @@ from .sink import RecordSink
 from .standard_inputs import InputAdjustments, fit_inputs
 from .torch_hooks import ModuleSelection, logical_dtype, torch_capture
 from .torch_loading import (
-    describe_device, load_hf_model, parse_device, parse_dtype, state_dict_hash, weights_hash,
+    Placement, checkpoint_folder, describe_device, load_hf_model, parse_device, parse_dtype, parse_placement,
+    state_dict_hash, weights_hash,
 )
 
 log = logging.getLogger(__name__)
@@ -37,29 +38,37 @@ class TorchBackend(CaptureBackend):
     """Capture a ``torch.nn.Module`` (typically a transformers model) with forward hooks.
 
     Args:
-        model: the module (moved to ``device`` and cast to ``dtype``; a model spread over several devices with a
-            ``device_map`` is captured where it is, and then device and dtype must not be given).
+        model: the module (moved to ``device`` and cast to ``dtype``; a model that accelerate dispatched with a
+            ``device_map``, over several devices or with weights offloaded to disk, is captured where it is, and
+            then device and dtype must not be given).
         device: a torch device string; default: where the model's parameters are.
         dtype: ``float32``/``float16``/``bfloat16``; default: the parameters' dtype.
         model_path: the folder or hub id it came from (recorded, and hashed when it is a folder).
         selection: which modules to hook (default all, the root included).
+        placement: the placement the model was loaded with (recorded in the manifest).
     """
 
     method = "torch-hooks"
 
     def __init__(self, model: torch.nn.Module, *, device: str | None = None, dtype: str | None = None,
-                 model_path: str | None = None, selection: ModuleSelection | None = None):
+                 model_path: str | None = None, selection: ModuleSelection | None = None,
+                 placement: Placement | None = None):
         first = next(model.parameters(), None)
-        self.device = parse_device(device) if device else (first.device if first is not None else torch.device("cpu"))
-        self.dtype = parse_dtype(dtype) if dtype else (first.dtype if first is not None else torch.float32)
-        placed = getattr(model, "hf_device_map", None) or {}
-        if len({str(d) for d in placed.values()}) > 1:  # spread over devices (device_map): capture it where it is
+        self.placement = placement
+        self.device_map = dispatched_map(model)
+        if self.device_map:  # spread over devices or offloaded (a device_map): capture it where it is
             if device or dtype:
-                raise CaptureError("the model is spread over several devices (device_map); moving it to one device "
-                                   "or casting it here would undo that", hint="pass no device or dtype, and load "
-                                   "the model with the placement and dtype to capture")
-            self.model = model.eval()  # inputs go to self.device: where its first parameters (the embedding) are
+                raise CaptureError("the model is spread over several devices or offloaded (device_map); moving it "
+                                   "to one device or casting it here would undo that", hint="pass no device or "
+                                   "dtype, and load the model with the placement and dtype to capture")
+            # inputs go where accelerate runs the first module; parameters offloaded to disk sit on "meta"
+            self.device = execution_device(model)
+            self.dtype = first.dtype if first is not None else torch.float32
+            self.model = model.eval()
         else:
+            self.device = parse_device(device) if device else (first.device if first is not None
+                                                               else torch.device("cpu"))
+            self.dtype = parse_dtype(dtype) if dtype else (first.dtype if first is not None else torch.float32)
             self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model_path = model_path
         self.selection = selection or ModuleSelection()
@@ -67,31 +76,50 @@ class TorchBackend(CaptureBackend):
         self._cache_arg = cache_argument(self._params)
 
     @classmethod
-    def from_pretrained(cls, model_path_or_id: str, *, device: str = "cpu", dtype: str = "float32",
+    def from_pretrained(cls, model_path_or_id: str, *, device: str | None = None, dtype: str = "float32",
                         attn_implementation: str | None = None, trust_remote_code: bool = False,
-                        selection: ModuleSelection | None = None) -> "TorchBackend":
+                        selection: ModuleSelection | None = None, device_map: str | dict | None = None,
+                        max_memory: str | dict | None = None,
+                        offload_folder: str | None = None) -> "TorchBackend":
         """Load a transformers model (local folder, or hub id where a hub is reachable) for capture.
 
+        Args:
+            device: where the whole model goes (default cpu); not with a device map.
+            dtype: the dtype it is loaded in.
+            device_map, max_memory, offload_folder: spread it over devices, host memory and disk while loading
+                (accelerate's dispatch; see ``torch_loading.parse_placement``): each module is captured on the
+                device it was placed on, and weights offloaded to disk are loaded for their module's forward only.
+
         Raises:
-            CaptureError: a missing model, an unavailable device, an unknown dtype, a failed load.
+            CaptureError: a missing model, an unavailable device, an unknown dtype, a bad placement, a failed load.
         """
-        dev, dt = parse_device(device), parse_dtype(dtype)  # check both before the (slow) load
+        placement = parse_placement(device_map, max_memory, offload_folder)  # all checks before the (slow) load
+        if placement is not None and device:
+            raise CaptureError(f"--device {device} and a device map both say where the model goes",
+                               hint="pass one of them: --device for one device, --device-map to spread it")
+        dev, dt = parse_device(device or "cpu"), parse_dtype(dtype)
         model = load_hf_model(model_path_or_id, device=dev, dtype=dt, attn_implementation=attn_implementation,
-                              trust_remote_code=trust_remote_code)
-        return cls(model, device=device, dtype=dtype, model_path=model_path_or_id, selection=selection)
+                              trust_remote_code=trust_remote_code, placement=placement)
+        if dispatched_map(model):  # placed and cast by the load
+            return cls(model, model_path=model_path_or_id, selection=selection, placement=placement)
+        return cls(model, device=str(next(model.parameters()).device) if placement else (device or "cpu"),
+                   dtype=dtype, model_path=model_path_or_id, selection=selection, placement=placement)
 
     @classmethod
     def open(cls, model: str, *, device: str | None = None, dtype: str | None = None, provider: str | None = None,
-             attn_implementation: str | None = None) -> "TorchBackend":
-        """The registry's factory (protocol/backends.py): ``from_pretrained`` on ``device`` (default cpu) in
-        ``dtype`` (default float32).
+             attn_implementation: str | None = None, device_map: str | None = None, max_memory: str | None = None,
+             offload_folder: str | None = None) -> "TorchBackend":
+        """The registry's factory (protocol/backends.py): ``from_pretrained`` on ``device`` (default cpu) or with a
+        device map, in ``dtype`` (default float32).
 
         Raises:
             CaptureError: a provider (a torch model has none), or what ``from_pretrained`` raises.
         """
-        check_options("torch", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation)
-        return cls.from_pretrained(model, device=device or "cpu", dtype=dtype or "float32",
-                                   attn_implementation=attn_implementation)
+        check_options("torch", device=device, dtype=dtype, provider=provider, attn_implementation=attn_implementation,
+                      device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        return cls.from_pretrained(model, device=device, dtype=dtype or "float32",
+                                   attn_implementation=attn_implementation, device_map=device_map,
+                                   max_memory=max_memory, offload_folder=offload_folder)
 
     # -- CaptureBackend --------------------------------------------------------------------------------------------
 
@@ -105,6 +133,9 @@ class TorchBackend(CaptureBackend):
     def _describe(self) -> dict:
         if self.model_path and os.path.isdir(self.model_path):
             digest, method = weights_hash(self.model_path)
+        elif self.device_map:  # offloaded weights are meta tensors in the state dict: hash the checkpoint's files
+            folder = checkpoint_folder(self.model_path) if self.model_path else None
+            digest, method = weights_hash(folder) if folder else ("", "none")
         else:
             digest, method = state_dict_hash(self.model)
         config = getattr(self.model, "config", None)
@@ -117,8 +148,16 @@ class TorchBackend(CaptureBackend):
                           "attn_implementation": getattr(config, "_attn_implementation", None)},
             "device": describe_device(self.device),
             "dtype": logical_dtype(self.dtype),
-            "capture": {"selection": self.selection.to_dict()},
+            "capture": {"selection": self.selection.to_dict(), **self._placement_manifest()},
         }
+
+    def _placement_manifest(self) -> dict:
+        """The placement asked for and the per-module map accelerate made of it (absent for a one-device model)."""
+        if self.placement is None and not self.device_map:
+            return {}
+        asked = self.placement.to_manifest() if self.placement is not None else {}
+        placed = getattr(self.model, "hf_device_map", None) or {}
+        return {"placement": {**asked, "modules": {k: str(v) for k, v in placed.items()}}}
 
     def _capture_impl(self, inputs: InputSet, sink: RecordSink, options: CaptureOptions, progress) -> dict:
         samples = inputs.samples[:options.max_samples] if options.max_samples else inputs.samples
@@ -233,6 +272,26 @@ def cache_argument(params) -> str | None:
     return next((name for name in CACHE_ARGUMENTS if name in params), None)
 
 
+def dispatched_map(model: torch.nn.Module) -> dict:
+    """The device map of a model that accelerate dispatched (several devices, or weights offloaded to disk: then
+    its hooks move weights and inputs per module); ``{}`` for a model that sits on one device."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    where = {str(d) for d in placed.values()}
+    return dict(placed) if len(where) > 1 or "disk" in where else {}
+
+
+def execution_device(model: torch.nn.Module) -> torch.device:
+    """Where a dispatched model runs its first module: the root hook's execution device, else the first parameter
+    that is not offloaded (on ``meta``), else cpu."""
+    hook = getattr(model, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    for p in model.parameters():
+        if not p.is_meta:
+            return p.device
+    return torch.device("cpu")
+
+
 def _returned_cache(out, name: str):
     """The cache a forward returned, read under the name it was passed by (never a deprecated alias: transformers'
     ``ModelOutput`` maps old names to new ones with a warning)."""
@@ -278,18 +337,19 @@ def _compare_outputs(unhooked: list, hooked: list) -> dict:
             "max_abs_diff": max_diff}
 
 
-def capture_torch_model(model: str, inputs_path: str, output: str, options: CaptureOptions, *, device: str = "cpu",
-                        dtype: str = "float32", attn_implementation: str | None = None,
+def capture_torch_model(model: str, inputs_path: str, output: str, options: CaptureOptions, *,
+                        device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
                         trust_remote_code: bool = False, selection: ModuleSelection | None = None,
-                        show_progress: bool | None = None) -> CaptureSummary:
+                        device_map: str | None = None, max_memory: str | None = None,
+                        offload_folder: str | None = None, show_progress: bool | None = None) -> CaptureSummary:
     """Load a model and an input set and capture them into a dump (what ``parity capture torch`` runs).
 
     Args:
         model: a local HF folder or a hub id.
         inputs_path: the input set file.
         output: the dump to write (must not exist).
-        options: what to capture; device, dtype, attn_implementation, trust_remote_code, selection: see
-            ``TorchBackend.from_pretrained``.
+        options: what to capture; device (default cpu), dtype, attn_implementation, trust_remote_code, selection,
+            device_map, max_memory, offload_folder: see ``TorchBackend.from_pretrained``.
         show_progress: a progress bar over samples x steps (default: when stderr is a terminal).
 
     Raises:
@@ -302,7 +362,9 @@ def capture_torch_model(model: str, inputs_path: str, output: str, options: Capt
         raise CaptureError("a dump already exists under this name", output,
                            "choose another output name; tensorparity never overwrites a dump")
     backend = TorchBackend.from_pretrained(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                                           trust_remote_code=trust_remote_code, selection=selection)
+                                           trust_remote_code=trust_remote_code, selection=selection,
+                                           device_map=device_map, max_memory=max_memory,
+                                           offload_folder=offload_folder)
     count = min(len(inputs), options.max_samples or len(inputs))
     steps = 1 if options.mode == "forward" else max(options.max_new_tokens, 1)
     with progress(count * steps, f"capture {options.label or 'torch'}", enabled=show_progress) as bar:

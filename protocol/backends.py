@@ -5,7 +5,8 @@ its module in capture/ and its command in capture/cli/).
 The registry is plain data (protocol/ imports no backend): each backend is opened by its factory, named as
 ``"module:Class.method"``, with one signature for all::
 
-    open(model, *, device=None, dtype=None, provider=None, attn_implementation=None) -> CaptureBackend
+    open(model, *, device=None, dtype=None, provider=None, attn_implementation=None, device_map=None,
+         max_memory=None, offload_folder=None) -> CaptureBackend
 
 and a backend refuses an option it cannot honour (a CaptureError), never drops it.
 """
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: The options of the factory signature; each backend honours some of them.
-OPTIONS = ("device", "dtype", "provider", "attn_implementation")
+#: The options of the factory signature; each backend honours some of them. ``device_map``, ``max_memory`` and
+#: ``offload_folder`` spread a model over devices, host memory and disk while loading (accelerate's dispatch).
+OPTIONS = ("device", "dtype", "provider", "attn_implementation", "device_map", "max_memory", "offload_folder")
+#: The options that place a model; one of them given replaces a host's default ``device``.
+PLACEMENT_OPTIONS = ("device_map", "max_memory", "offload_folder")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("torch", "torch-hooks", "capture.torch_backend:TorchBackend.open", "capture.cli.torch_cmd:torch_cmd",
                 "Capture every module of a PyTorch / transformers model.",
-                frozenset({"device", "dtype", "attn_implementation"}), "torch",
+                frozenset({"device", "dtype", "attn_implementation", "device_map", "max_memory", "offload_folder"}),
+                "torch",
                 "capture.torch_replay:TorchReplayer.open"),
     BackendSpec("onnx", "onnx-output-injection", "capture.onnx_backend:OnnxBackend.open",
                 "capture.cli.onnx_cmd:onnx_cmd", "Capture an ONNX model's intermediate values with ONNX Runtime.",
@@ -85,7 +90,7 @@ def unhonoured(name: str, options: dict) -> list[str]:
 
 
 def describe_honoured(name: str) -> str:
-    """``device, dtype`` / ``no device, dtype, provider or attn_implementation``: for messages."""
+    """``device, dtype`` / ``none of device, dtype, provider...``: for messages."""
     honours = [k for k in OPTIONS if k in BACKENDS[name].honours]
     return ", ".join(honours) if honours else "none of " + ", ".join(OPTIONS)
 
@@ -94,9 +99,9 @@ def describe_honoured(name: str) -> str:
 _WHY = {
     "torch": "a PyTorch model runs on its device (device=...), not through an execution provider",
     "onnx": "an ONNX graph runs in the dtype it was exported in and has no attention choice: export it in the "
-            "dtype to capture",
+            "dtype to capture; ONNX Runtime places the whole graph on its execution provider (no device map)",
     "genai": "an ORT GenAI build fixes its dtype (builder -p fp32|fp16|int8|int4) and the installed "
-             "onnxruntime-genai distribution its device (onnxruntime-genai-cuda, -directml...)",
+             "onnxruntime-genai distribution its device (onnxruntime-genai-cuda, -directml...), for the whole model",
 }
 
 

@@ -23,7 +23,8 @@ labels             the labels to capture (each a name like run_id); one claim an
 reference          one of ``labels``: every other label is compared with it
 targets            ``{label: {key: value}}``: per-label overrides of the agent's defaults; keys are ``device``,
                    ``dtype``, ``backend``, ``model`` (same form as above), ``attn_implementation``,
-                   ``compression``, ``provider``
+                   ``compression``, ``provider``, ``device_map``, ``max_memory`` (the offload folder is the
+                   agent's own: a path on its host)
 thresholds         path of a thresholds file relative to ROOT, or null
 =================  ==========================================================================================
 
@@ -45,7 +46,8 @@ from .version import parse_version
 JOB_FORMAT = "tensorparity.job"
 JOBS_FORMAT_VERSION = "1.0"
 BACKENDS = BACKEND_NAMES  # the registry's (protocol/backends.py)
-TARGET_KEYS = ("device", "dtype", "backend", "model", "attn_implementation", "compression", "provider")
+TARGET_KEYS = ("device", "dtype", "backend", "model", "attn_implementation", "compression", "provider", "device_map",
+               "max_memory")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 

@@ -9,6 +9,8 @@ from protocol import COMPRESSIONS
 from common.console import log_to_stderr, stop_on_signals
 from protocol.jobs import BACKENDS
 
+from .options import placement_options
+
 
 @click.command("agent")
 @click.argument("root", type=click.Path(file_okay=False))
@@ -19,6 +21,7 @@ from protocol.jobs import BACKENDS
               help="Backend to run instead of the job's default (a job's per-label target still wins).")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider (onnx/genai backends).")
 @click.option("--attn-implementation", default=None, help="transformers attention implementation (torch backend).")
+@placement_options
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True)
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
               help="Seconds between scans of ROOT/jobs when idle.")
@@ -27,8 +30,8 @@ from protocol.jobs import BACKENDS
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0.01), default=None,
               help="Seconds between heartbeats [default: timeout/4, at most 10].")
 @click.option("--once", is_flag=True, help="Process what can be claimed now, then exit (tests, cron).")
-def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation, compression, poll_interval,
-              heartbeat_timeout, heartbeat_interval, once):
+def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation, device_map, max_memory,
+              offload_folder, compression, poll_interval, heartbeat_timeout, heartbeat_interval, once):
     """Capture the jobs of shared folder ROOT that name --label, one at a time, until stopped.
 
     Each job is claimed exclusively in ROOT/claims/<run>/<label>.json (several agents of one label never capture a
@@ -36,7 +39,9 @@ def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation
     heartbeat is older than --heartbeat-timeout is taken over (as <label>.attempt<n>.json); an agent that was
     paused meanwhile can then neither publish its dump nor touch the new claim. SIGTERM abandons the running job
     cleanly (its claim says "abandoned"; a restarted agent resumes it). Refuses a folder without exclusive
-    creation, hard links or atomic renames (exit code 3). One log line per job.
+    creation, hard links or atomic renames (exit code 3). One log line per job. A torch model too big for this
+    host's device loads with --device-map (the job's target may set device_map and max_memory too); --max-memory
+    and --offload-folder describe this host and apply whenever a device map does.
 
     \b
     Example:
@@ -45,7 +50,8 @@ def agent_cmd(root, label, device, dtype, backend, provider, attn_implementation
     from capture.agent import Agent, AgentSettings
     log_to_stderr("capture.agent")
     agent = Agent(AgentSettings(root=root, label=label, device=device, dtype=dtype, backend=backend,
-                                provider=provider, attn_implementation=attn_implementation, compression=compression,
+                                provider=provider, attn_implementation=attn_implementation, device_map=device_map,
+                                max_memory=max_memory, offload_folder=offload_folder, compression=compression,
                                 poll_interval=poll_interval, heartbeat_timeout=heartbeat_timeout,
                                 heartbeat_interval=heartbeat_interval, once=once))
     with stop_on_signals(agent.handle_signal):

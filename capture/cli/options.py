@@ -51,6 +51,27 @@ _OPTIONS = [
 ]
 
 
+#: Where a torch model's modules go (capture/torch_loading.py ``parse_placement`` checks the values).
+_PLACEMENT_OPTIONS = [
+    click.option("--device-map", default=None, metavar="auto|balanced|sequential|FILE.json",
+                 help="Spread the model over devices, host memory and disk while loading (accelerate); a JSON file "
+                      "maps module paths to devices (0, cuda:1, cpu, disk). Instead of --device."),
+    click.option("--max-memory", default=None, metavar="DEVICE=SIZE,...",
+                 help="With --device-map: memory each device may take, e.g. 0=2GiB,cpu=4GiB (what does not fit "
+                      "goes to disk)."),
+    click.option("--offload-folder", type=click.Path(file_okay=False), default=None,
+                 help="With --device-map: folder for weights offloaded to disk (needed for checkpoints that are "
+                      "not safetensors)."),
+]
+
+
+def placement_options(func):
+    """Add ``--device-map``, ``--max-memory`` and ``--offload-folder`` (torch models) to a click command."""
+    for option in reversed(_PLACEMENT_OPTIONS):
+        func = option(func)
+    return func
+
+
 def capture_options(func):
     """Add the shared capture options (see CAPTURE_OPTION_NAMES) to a click command."""
     for option in reversed(_OPTIONS):
