@@ -28,6 +28,7 @@ over 10,000 steps stores a handful of them.
 from __future__ import annotations
 
 import json
+from array import array
 
 from .errors import CorruptDumpError
 
@@ -35,12 +36,16 @@ CALLS_VERSION = 1
 
 
 class CallLogBuilder:
-    """Collects the signatures of a capture's calls, deduplicated, in the order modules were first called."""
+    """Collects the signatures of a capture's calls, deduplicated, in the order modules were first called.
+
+    Memory is 24 bytes per call (the call's sample, step and index in typed arrays, per module and signature) plus
+    one copy of each distinct signature: a 1,000-module model generating 128 tokens for 4 samples costs ~12 MB.
+    """
 
     def __init__(self):
         self._sig_index: dict[str, int] = {}
         self._signatures: list[dict] = []
-        self._modules: dict[str, dict] = {}  # path -> {"class", "calls": {(sample, step, call): sig}}
+        self._modules: dict[str, dict] = {}  # path -> {"class", "calls": {sig: (samples, steps, calls) arrays}}
 
     def add(self, path: str, module_class: str, sample: int, step: int, call: int, signature: dict) -> None:
         """Record that module ``path`` was called with ``signature`` at (sample, step, call)."""
@@ -49,9 +54,12 @@ class CallLogBuilder:
         if sig is None:
             sig = self._sig_index[text] = len(self._signatures)
             self._signatures.append(signature)
-        entry = self._modules.setdefault(path, {"class": module_class, "calls": {}, "counts": {}})
-        entry["calls"][(sample, step, call)] = sig
-        entry["counts"][sig] = entry["counts"].get(sig, 0) + 1
+        entry = self._modules.setdefault(path, {"class": module_class, "calls": {}})
+        columns = entry["calls"].get(sig)
+        if columns is None:
+            columns = entry["calls"][sig] = (array("q"), array("q"), array("q"))
+        for column, value in zip(columns, (sample, step, call)):
+            column.append(value)
 
     def __bool__(self) -> bool:
         return bool(self._modules)
@@ -60,9 +68,12 @@ class CallLogBuilder:
         """The ``/calls`` document (module docstring)."""
         modules, exceptions = [], []
         for i, (path, entry) in enumerate(self._modules.items()):
-            default = max(entry["counts"], key=lambda s: (entry["counts"][s], -s))
+            calls = entry["calls"]
+            default = max(calls, key=lambda s: (len(calls[s][0]), -s))  # the most common; ties: the first seen
             modules.append({"path": path, "class": entry["class"], "default": default})
-            exceptions += [[i, s, t, c, sig] for (s, t, c), sig in entry["calls"].items() if sig != default]
+            for sig, (samples, steps, indices) in calls.items():
+                if sig != default:
+                    exceptions += [[i, a, b, c, sig] for a, b, c in zip(samples, steps, indices)]
         return {"version": CALLS_VERSION, "signatures": self._signatures, "modules": modules,
                 "exceptions": exceptions}
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import errno
+import json
 import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
