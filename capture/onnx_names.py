@@ -16,7 +16,11 @@ The rules (protocol/SPEC.md section 12, "Naming ONNX values"):
 5. With a reference site list (a PyTorch dump's sites), a scope's output takes the reference's own form (``:out``,
    ``:out.0`` or its only ``:out.<field>``); when the reference has ``:out.0`` ... ``:out.<n-1>`` and the scope has
    exactly n boundary values, they are mapped in production order (a module returning a tuple).
-6. Every other value keeps its ONNX value name as its site.
+6. With a reference site list, a scope whose module takes one tensor alone (the reference has ``<scope>:in.args.0``
+   and no other ``<scope>:in.*`` site: a Linear, a norm, an activation) gets its input too: when exactly one
+   captured floating-point value is produced outside the scope and consumed inside it, that value is also recorded
+   as ``<scope>:in.args.0``, so a replay can run the reference module on the ONNX candidate's own input.
+7. Every other value keeps its ONNX value name as its site.
 """
 from __future__ import annotations
 
@@ -178,6 +182,9 @@ def map_value_sites(graph, values: list[str], graph_outputs: list[str], *, renam
             continue
         for name, site in _scope_sites(path, names, order, reference_sites):
             sites[name].append(site)
+    if reference_sites:
+        for name, site in _leaf_inputs(graph, wanted, producer_scopes, elem_types, rename, reference_sites):
+            sites[name].append(site)  # after the producer's output: the order a PyTorch capture records them
     for name in outputs:
         if name in sites:  # last: the root module's post-hook fires after its children's
             sites[name].append(f":out.{name}")
@@ -187,6 +194,29 @@ def map_value_sites(graph, values: list[str], graph_outputs: list[str], *, renam
         mapped = bool(sites[v])
         result[v] = ValueSites(v, sites[v] if mapped else [v], chain[-1] if chain else "", mapped)
     return result
+
+
+def _leaf_inputs(graph, wanted: set, producer_scopes: dict, elem_types: dict, rename: list,
+                 reference_sites: set[str]):
+    """``(value, "<scope>:in.args.0")`` for the scopes of rule 6: one floating-point input from outside."""
+    single = {}
+    for site in reference_sites:
+        module, _, rest = site.partition(":in.")
+        if rest:
+            single.setdefault(module, set()).add(rest)
+    single = {m for m, args in single.items() if args == {"args.0"}}
+    inputs: dict[str, list[str]] = {}  # renamed scope -> values it consumes from outside, in first-use order
+    for node in graph.node:
+        for scope in node_scopes(node) or []:
+            path = _renamed(scope, rename)
+            if path is None or path not in single:
+                continue
+            for name in node.input:
+                if (name in wanted and scope not in producer_scopes.get(name, [scope])
+                        and elem_types.get(name, 0) in _FLOAT_ELEM_TYPES | {0}
+                        and name not in inputs.setdefault(path, [])):
+                    inputs[path].append(name)
+    return [(names[0], f"{path}:in.args.0") for path, names in inputs.items() if len(names) == 1]
 
 
 def _scope_sites(path: str, names: list[str], order: dict, reference_sites: set[str] | None):
