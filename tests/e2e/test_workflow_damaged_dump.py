@@ -7,7 +7,7 @@ import subprocess
 
 import h5py
 
-from protocol import open_dump
+from protocol import FORMAT_VERSION, open_dump
 from protocol.dump_reader import DAMAGED_HINT
 
 from .conftest import ENV, make_inputs
@@ -44,7 +44,7 @@ def test_damaged_capture_is_named_by_validate_and_an_error_in_compare(parity_exe
 
     res = _parity(parity_exe, "validate", ref, cand)
     assert res.returncode == 3
-    assert res.stdout.startswith(f"OK  {ref}: dump v1.1, ") and res.stdout.endswith(", checksums verified\n")
+    assert res.stdout.startswith(f"OK  {ref}: dump v{FORMAT_VERSION}, ") and res.stdout.endswith(", checksums verified\n")
     assert res.stderr == f"Error: {cand}: record {KEY}: data does not match its checksum. {HINT}\n"
 
     res = _parity(parity_exe, "compare", ref, cand)
