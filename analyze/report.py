@@ -7,13 +7,12 @@ Python's json module and most JSON5 readers accept) and ``read_report`` reads th
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from protocol import atomic_write_json
+from protocol import atomic_write_json, read_json
 
 from .errors import ReportError
 
@@ -310,14 +309,8 @@ def read_report(path: str | os.PathLike) -> Report:
             know (a newer MINOR is read; unknown keys are kept).
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise ReportError("report not found", path, "check the path") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReportError(f"report is not valid JSON ({exc})", path, "write it again with 'parity compare -o'") \
-            from None
+    doc = read_json(path, "report", error=ReportError, hint="write it again with 'parity compare -o'",
+                    missing_hint="check the path")
     if not isinstance(doc, dict) or doc.get("kind") != REPORT_KIND:
         raise ReportError("not a tensorparity report (no kind 'tensorparity.report')", path,
                           "pass a report written by 'parity compare -o'")

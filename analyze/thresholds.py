@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocol import atomic_write_json
+from protocol import atomic_write_json, read_json
 
 from .errors import ReportError, ThresholdFileError
 from .judge import DIRECTIONS
@@ -310,17 +310,8 @@ def read_thresholds(path: str | os.PathLike) -> Thresholds:
             entries (the message names the file, the problem and what to do).
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise ThresholdFileError("thresholds file not found", path,
-                                 "build one with 'parity thresholds build REPORT.json... -o th.json'") from None
-    except IsADirectoryError:
-        raise ThresholdFileError("is a folder, not a thresholds file", path, "pass the JSON file") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ThresholdFileError(f"not valid JSON ({exc})", path, "rebuild it with 'parity thresholds build'") \
-            from None
+    doc = read_json(path, "thresholds file", error=ThresholdFileError, hint="rebuild it with 'parity thresholds build'",
+                    missing_hint="build one with 'parity thresholds build REPORT.json... -o th.json'")
     return Thresholds.from_dict(doc, path)
 
 

@@ -21,6 +21,9 @@ Design (docs/ARCHITECTURE.md section 3):
   (analyze/distributed.py), and its outcome comes back here, where it is published as from the local pool: under
   the same lease, the JSON moved into place last. In flight: twice the cluster's worker threads.
 - One log line per report: verdict and first divergent site.
+- A job with ``zoom`` (pass 1 of a two-pass capture) gets its pass-2 job ``<run>.zoom`` once one of its reports
+  shows a divergence (analyze/watch_zoom.py), checked after each report and at each scan of the run (the catch-up
+  of a watcher that stopped in between).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from .thresholds import as_thresholds
 from .watch_leases import acquire_lease, lease_site, pair_done, release_lease, sweep_leftovers
 from .watch_pairs import (ERROR_FORMAT, ERROR_FORMAT_VERSION, PairTask, analyze_pair, compute_pair,
                           describe_divergence, plan_run, publish_pair)
+from .watch_zoom import submit_zoom_job
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +226,17 @@ class Watcher:
                     self._unpairable[run_id] = exc.message
                     log.warning("run %s: cannot pair its dumps yet: %s", run_id, exc.message)
                 continue
+            self._zoom(run_id)
             for task in tasks:
                 if task.report_base not in self._in_flight and self._attempts.get(task.report_base, 0) < 2:
                     self._pending.setdefault(task.report_base, task)
+
+    def _zoom(self, run_id: str) -> None:
+        """Submit the run's pass-2 job if it is due (a job file created exclusively: once among watchers)."""
+        try:
+            submit_zoom_job(self.folder, run_id)
+        except ParityError as exc:
+            log.error("run %s: cannot submit its pass-2 (zoom) job: %s", run_id, exc.message)
 
     def _fill(self, pool: cf.ProcessPoolExecutor) -> None:
         """Hand pending pairs to the pool, each under its lease, while fewer than twice the workers are in flight."""
@@ -353,6 +365,8 @@ class Watcher:
             log.info("run %s: %s vs %s: %s, first divergence: %s -> %s", task.run_id, task.candidate,
                      task.reference, outcome["verdict"], outcome["first"],
                      os.path.relpath(outcome["path"], self.folder.root))
+            if outcome["verdict"] == "diverged":
+                self._zoom(task.run_id)
         elif kind == "error":
             self.errors += 1
             log.error("run %s: %s unusable: %s -> %s", task.run_id, outcome["label"], outcome["message"],

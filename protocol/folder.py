@@ -236,13 +236,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def read_json(path: str | os.PathLike, what: str):
-    """Read a JSON document; JobError naming the file when missing or malformed."""
+def read_json(path: str | os.PathLike, what: str, *, error: type = JobError, hint: str = "fix or remove the file",
+              missing_hint: str | None = None):
+    """Read a JSON document; ``error`` (JobError, or another ParityError class) naming the file, the problem and
+    ``hint`` when it is missing, a folder or not JSON."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise JobError(f"{what} not found", path) from None
+        raise error(f"{what} not found", path, missing_hint) from None
+    except IsADirectoryError:
+        raise error(f"{what} is a folder, not a file", path, "pass the JSON file") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise JobError(f"{what} is not valid JSON ({exc})", path, "fix or remove the file") from None
+        raise error(f"{what} is not valid JSON ({exc})", path, hint) from None

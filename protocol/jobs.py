@@ -26,6 +26,9 @@ targets            ``{label: {key: value}}``: per-label overrides of the agent's
                    ``compression``, ``provider``, ``device_map``, ``max_memory`` (the offload folder is the
                    agent's own: a path on its host)
 thresholds         path of a thresholds file relative to ROOT, or null
+zoom               optional: a window (integer >= 0). The job is pass 1 of a two-pass capture: after its first
+                   pair report with a divergence, the watcher submits the pass-2 job ``<run_id>.zoom`` once
+                   (same model, inputs, labels; the policy of ``parity zoom --window N``). Absent or null: none
 =================  ==========================================================================================
 
 Claims (who captures which label of a job) are in protocol/claims.py.
@@ -44,7 +47,7 @@ from .manifest import CAPTURE_MODES
 from .version import parse_version
 
 JOB_FORMAT = "tensorparity.job"
-JOBS_FORMAT_VERSION = "1.0"
+JOBS_FORMAT_VERSION = "1.1"  # 1.1 added zoom (a 1.0 reader ignores it: a newer MINOR)
 BACKENDS = BACKEND_NAMES  # the registry's (protocol/backends.py)
 TARGET_KEYS = ("device", "dtype", "backend", "model", "attn_implementation", "compression", "provider", "device_map",
                "max_memory")
@@ -135,6 +138,7 @@ class Job:
     policy: dict = field(default_factory=lambda: {"rules": [], "default": "full", "byte_budget": None})
     targets: dict = field(default_factory=dict)
     thresholds: str | None = None
+    zoom: int | None = None
     created: str = field(default_factory=utc_now)
     format: str = JOB_FORMAT
     format_version: str = JOBS_FORMAT_VERSION
@@ -189,6 +193,9 @@ class Job:
                              f"(it takes {describe_honoured(backend)})", path)
         if self.thresholds is not None:
             check_relative_path(self.thresholds, "thresholds", path)
+        _expect(self.zoom is None or (isinstance(self.zoom, int) and not isinstance(self.zoom, bool)
+                                      and self.zoom >= 0), f"zoom {self.zoom!r} must be a window (integer >= 0) "
+                                                           f"or null", path)
         return self
 
     def _validate_policy(self, path: str | None) -> None:
@@ -211,8 +218,12 @@ class Job:
         return dict(self.targets.get(label, {}))
 
     def to_dict(self) -> dict:
-        """The JSON document."""
-        return asdict(self)
+        """The JSON document (without ``zoom`` when it is null: such a job stays readable by readers that
+        predate the field, which refuse unknown keys of their own format version)."""
+        doc = asdict(self)
+        if doc["zoom"] is None:
+            del doc["zoom"]
+        return doc
 
     @classmethod
     def from_dict(cls, data, path: str | None = None) -> "Job":

@@ -16,6 +16,7 @@ COMMANDS: dict = {
     "kl": ("analyze.cli.kl_cmd:kl_cmd", "Pairwise KL divergence of several dumps' logits."),
     "ppl": ("analyze.cli.ppl_cmd:ppl_cmd", "Perplexity of a dump's logits on its input set."),
     "report": ("analyze.cli.report_cmd:report_cmd", "Render a saved report as a self-contained HTML page."),
+    "zoom": ("analyze.cli.zoom_cmd:zoom_cmd", "The pass-2 capture policy of a stats-only pass-1 report."),
     "thresholds": (THRESHOLDS_COMMANDS, "Build and check per-site thresholds from baseline reports."),
     # the shared-folder workflow, analysis side
     "watch": ("analyze.cli.watch_cmd:watch_cmd", "Compare each run's dumps as they appear (daemon)."),

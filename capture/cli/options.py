@@ -15,7 +15,7 @@ from protocol import CAPTURE_MODES, COMPRESSIONS
 
 #: the parameter names that ``capture_options`` adds (popped by ``build_capture_options``)
 CAPTURE_OPTION_NAMES = ("inputs_path", "label", "output", "mode", "max_new_tokens", "reference", "rules",
-                        "default_policy", "byte_budget", "compression", "check_perturbation", "max_samples", "run_id")
+                        "policy_file", "default_policy", "byte_budget", "compression", "check_perturbation", "max_samples", "run_id")
 
 
 def _size(ctx, param, value):
@@ -39,8 +39,11 @@ _OPTIONS = [
                  help="Reference dump whose generated tokens a teacher-forced capture feeds."),
     click.option("--policy", "rules", multiple=True, metavar="REGEX=ACTION",
                  help="Per-site rule (first match wins): full, stats, skip, slice:DIM:INDEX, topk:K. Repeatable."),
-    click.option("--default-policy", type=click.Choice(["full", "stats"]), default="full", show_default=True,
-                 help="What to keep of sites no rule matches."),
+    click.option("--policy-file", type=click.Path(dir_okay=False), default=None, metavar="POLICY.json",
+                 help="Record policy document ({rules, default, byte_budget}, e.g. from 'parity zoom'); --policy "
+                      "rules are tried before its rules, --default-policy and --byte-budget override its own."),
+    click.option("--default-policy", type=click.Choice(["full", "stats"]), default=None,
+                 help="What to keep of sites no rule matches [default: the policy file's, else full]."),
     click.option("--byte-budget", callback=_size, default=None,
                  help="Tensor bytes per dump before degrading to stats."),
     click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True),
@@ -84,18 +87,49 @@ def build_capture_options(params: dict):
 
     Raises:
         click.BadParameter: an invalid policy rule.
+        ParityError: a policy file that cannot be read or is not a policy document.
     """
     from capture.base import CaptureOptions
     from capture.policy import RecordPolicy
     values = {name: params.pop(name) for name in CAPTURE_OPTION_NAMES}
+    base = read_policy_file(values["policy_file"]) if values["policy_file"] else RecordPolicy()
     try:
-        policy = RecordPolicy.from_strings(list(values["rules"]), values["default_policy"], values["byte_budget"])
+        cli_policy = RecordPolicy.from_strings(list(values["rules"]), values["default_policy"] or base.default,
+                                               values["byte_budget"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--policy") from None
+    # command-line rules first (first match wins), so a rule typed now can override the file for some sites
+    policy = RecordPolicy(cli_policy.rules + base.rules, cli_policy.default,
+                          cli_policy.byte_budget if cli_policy.byte_budget is not None else base.byte_budget)
     return CaptureOptions(label=values["label"], run_id=values["run_id"], mode=values["mode"],
                           max_new_tokens=values["max_new_tokens"], reference=values["reference"], policy=policy,
                           compression=values["compression"], check_perturbation=values["check_perturbation"],
                           max_samples=values["max_samples"]), values["inputs_path"], values["output"]
+
+
+def read_policy_file(path: str):
+    """The RecordPolicy of a policy document (``RecordPolicy.to_dict``'s JSON form, as ``parity zoom`` writes).
+
+    Raises:
+        ParityError: the file is missing, not JSON, or not a valid policy document.
+    """
+    import re
+
+    from capture.policy import RecordPolicy, parse_action
+    from protocol import read_json
+    from protocol.errors import ParityError
+    hint = "write it with 'parity zoom -o', or as {\"rules\": [{\"pattern\", \"action\"}], \"default\": \"stats\"}"
+    doc = read_json(path, "policy file", error=ParityError, hint=hint, missing_hint="check the path")
+    try:
+        if not isinstance(doc, dict) or not isinstance(doc.get("rules", []), list):
+            raise ValueError("not a {rules, default, byte_budget} document")
+        policy = RecordPolicy.from_dict(doc)
+        parse_action(policy.default)
+        if policy.byte_budget is not None and not (isinstance(policy.byte_budget, int) and policy.byte_budget > 0):
+            raise ValueError(f"byte_budget {policy.byte_budget!r} must be a positive integer or null")
+    except (ValueError, TypeError, KeyError, AttributeError, re.error) as exc:
+        raise ParityError(f"invalid policy file ({exc})", path, hint) from None
+    return policy
 
 
 def parse_key_values(items, param_hint: str) -> dict:

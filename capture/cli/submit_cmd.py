@@ -49,13 +49,18 @@ def _parse_targets(items: tuple[str, ...]) -> dict:
 @click.option("--mode", type=click.Choice(CAPTURE_MODES), default="forward", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--policy", "rules", multiple=True, help="Record policy rule PATTERN=ACTION (repeat).")
-@click.option("--default-action", default="full", show_default=True, help="Action for sites no rule matches.")
+@click.option("--default-action", default=None,
+              help="Action for sites no rule matches [default: stats with --zoom, else full].")
 @click.option("--byte-budget", default=None, help="Bytes of tensor data per dump, e.g. 512MB.")
 @click.option("--target", "targets", multiple=True,
               help="Per-label override LABEL:KEY=VALUE, e.g. gpu:device=cuda:0 (repeat).")
 @click.option("--thresholds", default=None, help="A thresholds file inside ROOT, used for this run's reports.")
+@click.option("--zoom", type=click.IntRange(min=0), default=None, metavar="WINDOW",
+              help="Two-pass capture: this run is pass 1 (statistics everywhere unless --default-action says "
+                   "otherwise); after a divergent "
+                   "report the watcher submits pass 2, RUN.zoom, with the 'parity zoom --window WINDOW' policy.")
 def submit_cmd(root, model_path, model_id, backend, inputs_path, labels, reference, run_id, mode, max_new_tokens,
-               rules, default_action, byte_budget, targets, thresholds):
+               rules, default_action, byte_budget, targets, thresholds, zoom):
     """Write a capture job into shared folder ROOT; the agents of its labels capture it, the watcher compares.
 
     The job is validated first (model and thresholds inside ROOT, labels, policy) and written atomically as
@@ -65,6 +70,8 @@ def submit_cmd(root, model_path, model_id, backend, inputs_path, labels, referen
     Example:
       parity submit /mnt/parity --model models/tiny-llama --inputs prompts.h5 \\
           --label cpu-fp32 --label cpu-bf16 --reference cpu-fp32
+      parity submit /mnt/parity --model models/tiny-llama --inputs prompts.h5 \\
+          --label cpu-fp32 --label cpu-bf16 --reference cpu-fp32 --zoom 3
     """
     from capture.agent import submit_job
     from capture.policy import RecordPolicy, parse_size
@@ -72,6 +79,8 @@ def submit_cmd(root, model_path, model_id, backend, inputs_path, labels, referen
 
     if (model_path is None) == (model_id is None):
         raise click.UsageError("give exactly one of --model and --model-id")
+    if default_action is None:  # pass 1 of a two-pass capture keeps statistics: the point is not to write tensors
+        default_action = "stats" if zoom is not None else "full"
     try:
         policy = RecordPolicy.from_strings(list(rules), default_action,
                                            parse_size(byte_budget) if byte_budget else None)
@@ -85,5 +94,5 @@ def submit_cmd(root, model_path, model_id, backend, inputs_path, labels, referen
     run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     job = Job(run_id=run_id, model=model, backend=backend, inputs="0" * 64, labels=list(labels),
               reference=reference, mode=mode, max_new_tokens=max_new_tokens, policy=policy.to_dict(), targets=t,
-              thresholds=_inside_root(root, thresholds, "thresholds file") if thresholds else None)
+              thresholds=_inside_root(root, thresholds, "thresholds file") if thresholds else None, zoom=zoom)
     click.echo(submit_job(root, job, inputs_path))

@@ -31,12 +31,13 @@ def test_job_round_trips_and_defaults():
     doc = _job_dict(targets={"cpu-bf16": {"dtype": "bfloat16"}}, thresholds="th/th.json")
     job = Job.from_dict(json.loads(json.dumps(doc)))
     assert job.to_dict() == doc
-    assert job.format == "tensorparity.job" and job.format_version == "1.0"
+    assert job.format == "tensorparity.job" and job.format_version == "1.1"
+    assert "zoom" not in doc  # null is left out: the document reads as a 1.0 job did
     assert job.target("cpu-bf16") == {"dtype": "bfloat16"} and job.target("cpu-fp32") == {}
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"format_version": "2.0"}, "job format version 2.0 is not supported (this reader: 1.0)"),
+    ({"format_version": "2.0"}, "job format version 2.0 is not supported (this reader: 1.1)"),
     ({"format": "tensorparity.dump"}, "not a job"),
     ({"backend": "tensorrt"}, "unknown backend 'tensorrt'"),
     ({"model": {"path": "/etc/passwd"}}, "escapes the shared folder"),
@@ -54,6 +55,9 @@ def test_job_round_trips_and_defaults():
     ({"targets": {"gpu": {"device": "cuda"}}}, "names label 'gpu', which is not in labels"),
     ({"policy": {"rules": [{"pattern": ".*"}], "default": "full"}}, "invalid policy rule"),
     ({"priority": 3}, "unknown field(s) ['priority']"),
+    ({"zoom": -1}, "zoom -1 must be a window (integer >= 0) or null"),
+    ({"zoom": True}, "zoom True must be a window"),
+    ({"zoom": "3"}, "zoom '3' must be a window"),
 ])
 def test_invalid_jobs_are_refused_with_the_reason(changes, message):
     with pytest.raises(JobError) as err:
@@ -67,6 +71,14 @@ def test_newer_minor_may_add_fields_but_missing_fields_are_refused():
     del doc["labels"]
     with pytest.raises(JobError, match=r"lacks field\(s\) \['labels'\]"):
         Job.from_dict(doc)
+
+
+def test_a_zoom_job_round_trips_and_a_job_of_format_1_0_still_reads():
+    doc = _job_dict(zoom=2, policy={"rules": [], "default": "stats", "byte_budget": None})
+    job = Job.from_dict(json.loads(json.dumps(doc)))
+    assert job.zoom == 2 and job.to_dict() == doc
+    old = _job_dict(format_version="1.0")  # written before zoom existed: no such key
+    assert Job.from_dict(old).zoom is None
 
 
 def test_files_are_resolved_inside_root_only(tmp_path):
