@@ -7,12 +7,16 @@ is ``stats`` everywhere except, ``full``:
 
 - every site (inputs ``:in.*`` and outputs ``:out*``) of the modules of the ``window`` sites before and after the
   centre site, so that replay (``compare --replay``) has each module's inputs next to its outputs;
-- the submodules of those modules (a layer in the window brings its projections along);
+- the submodules of those modules that lie inside a repeated block, i.e. whose path has a numbered part
+  (``model.layers.1``, ``model.layers.1.self_attn``): a layer in the window brings its projections along, so a fault
+  that statistics cannot see (two heads swapped in ``q_proj`` leave its norms unchanged) is still captured when the
+  window reaches the layer's output. The modules around the stack (``model``, ``model.layers``, ``transformer``)
+  bring only their own sites: their subtree is the whole network, and one of their sites is in the window whenever
+  the divergence is near the embedding or the head;
 - the root output (``:out*``, the logits), for the logit block of the pass-2 comparison.
 
 The centre is the replay's first module that introduces error (``report.local["first_introduced"]``) when the
-report has one, else the first divergent site (``report.first_divergence``). The root module's own submodules are
-never pulled in: that would be the whole model, i.e. a full capture.
+report has one, else the first divergent site (``report.first_divergence``).
 
 The policy is the plain document of the job format (protocol/jobs.py: ``{"rules": [{"pattern", "action",
 "params"}], "default", "byte_budget"}``, what ``capture.policy.RecordPolicy.from_dict`` reads): analyze/ does not
@@ -65,6 +69,17 @@ def module_pattern(module: str) -> str:
     return "^" + re.escape(module) + r"[.:]"
 
 
+def own_sites_pattern(module: str) -> str:
+    """The regex of a module's own sites only (``model`` matches ``model:in.0``, never ``model.norm:out``)."""
+    return "^" + re.escape(module) + ":"
+
+
+def in_repeated_block(module: str) -> bool:
+    """Whether a module lies inside a repeated block (a numbered part in its path: ``model.layers.1.mlp``, ``h.0``,
+    ``0`` of a Sequential), so that its subtree is one block's share of the network, not the stack around it."""
+    return any(part.isdigit() for part in module.split("."))
+
+
 def zoom_policy(report, *, window: int = DEFAULT_WINDOW) -> ZoomPlan | None:
     """The pass-2 record policy of a pass-1 report.
 
@@ -96,7 +111,7 @@ def zoom_policy(report, *, window: int = DEFAULT_WINDOW) -> ZoomPlan | None:
     i = names.index(centre)
     entries = curve[max(0, i - window):i + window + 1]
     modules = _outermost(sorted({e["module"] for e in entries}))
-    patterns = [module_pattern(m) for m in modules if m]
+    patterns = [module_pattern(m) if in_repeated_block(m) else own_sites_pattern(m) for m in modules if m]
     # the root: its own sites only (its submodules are the whole model), and its output (logits) always
     patterns.append("^:" if "" in modules else ROOT_OUTPUT_PATTERN)
     policy = {"rules": [{"pattern": p, "action": "full", "params": {}} for p in patterns], "default": "stats",
@@ -120,13 +135,14 @@ def _centre(report) -> tuple[str | None, str]:
 
 
 def _outermost(modules: list[str]) -> list[str]:
-    """Drop the modules inside another listed module (its rule covers them already); the root covers nothing
-    (its rule keeps only its own sites). Sorted order puts a parent right before its submodules."""
+    """Drop the modules inside another listed module whose rule covers them already (one inside a repeated block);
+    the root and the modules around the stack cover nothing but their own sites. Sorted order puts a parent right
+    before its submodules."""
     kept: list[str] = []
     for m in modules:
         if m == ROOT_NAME:
             m = ""
-        if not any(p and (m == p or m.startswith(p + ".")) for p in kept):
+        if not any(p and in_repeated_block(p) and (m == p or m.startswith(p + ".")) for p in kept):
             kept.append(m)
     return kept
 

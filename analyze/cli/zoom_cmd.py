@@ -16,7 +16,8 @@ def zoom_cmd(report, window, output) -> None:
     """Two-pass capture: from a pass-1 report (both sides captured with --default-policy stats) to the pass-2
     record policy: statistics everywhere, full tensors for every site (inputs and outputs) of the modules of the
     WINDOW sites before and after the first divergent site (the replay's first module that introduces error, when
-    the report has one), their submodules, and the root output (logits). Capture both sides again on the same
+    the report has one), the submodules of those inside a numbered block (a layer, its attention), and the root
+    output (logits). Capture both sides again on the same
     input set with 'parity capture torch ... --policy-file POLICY.json' and compare with --replay.
 
     Exit code 0 when the policy was written or printed, and also for a report with no divergence (then nothing is

@@ -163,3 +163,24 @@ def test_the_watcher_submits_pass_two_once_from_what_is_on_disk(two_pass, tmp_pa
     assert submit_zoom_job(folder, "twopass") is None and os.stat(path).st_mtime_ns == before  # once
     assert submit_zoom_job(folder, "twopass.zoom") is None  # pass 2 never zooms again
     assert sorted(os.listdir(os.path.join(folder.root, "jobs"))) == ["plain.json", "twopass.json", "twopass.zoom.json"]
+
+
+def test_the_stack_around_the_layers_brings_only_its_own_sites():
+    """A window that reaches a site of ``model`` (the decoder holding every layer) keeps that module's own sites,
+    not its subtree (the whole network); a layer in the window still brings its projections."""
+    from types import SimpleNamespace
+    sites = [(":in.input_ids", ""), ("model:in.kwargs.input_ids", "model"),
+             ("model.embed_tokens:out", "model.embed_tokens"), ("model.layers.0:in.0", "model.layers.0"),
+             ("model.layers.0.self_attn.q_proj:out", "model.layers.0.self_attn.q_proj"),
+             ("model.layers.0:out", "model.layers.0"), ("model.layers.1:out", "model.layers.1"),
+             ("model.norm:out", "model.norm"), ("model:out.last_hidden_state", "model"), ("lm_head:out", "lm_head"),
+             (":out.logits", "")]
+    report = SimpleNamespace(localization={"curve": [{"site": s, "module": m} for s, m in sites]}, local=None,
+                             first_divergence={"site": "model.embed_tokens:out"})
+    plan = zoom_policy(report, window=1)
+    assert plan.modules == ["model", "model.embed_tokens", "model.layers.0"]
+    policy = RecordPolicy.from_dict(plan.policy)
+    full = {s for s, _ in sites if policy.decide(s).action == "full"}
+    assert full == {"model:in.kwargs.input_ids", "model.embed_tokens:out", "model.layers.0:in.0",
+                    "model.layers.0.self_attn.q_proj:out", "model.layers.0:out", "model:out.last_hidden_state",
+                    ":out.logits"}
