@@ -1,6 +1,6 @@
 """Localization under precision noise (docs/ARCHITECTURE.md section 6, "Replay"): on two decoder families, each
-planted bring-up fault (workflows/fault_suite.py) in a float32 and in a bfloat16 candidate is named first by the
-replay, and a clean bfloat16 candidate has nothing introduced beyond its precision.
+planted bring-up fault (workflows/fault_suite.py) in a bfloat16 candidate (and on the first family, in a float32
+one) is named first by the replay, and a clean bfloat16 candidate has nothing introduced beyond its precision.
 
 Real captures (PyTorch hooks into real dumps) of tiny models built from a config and saved to a folder; the replay
 loads that folder as the reference model, as ``parity compare --replay`` does.
@@ -66,9 +66,20 @@ def _candidate(family, fault: str | None, dtype: str) -> tuple[str, tuple]:
     return path, broken
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("fault", FAULTS)
-def test_the_planted_fault_is_named_first(family, fault, dtype):
+def test_the_planted_fault_is_named_first_in_bfloat16(family, fault):
+    _assert_named_first(family, fault, "bfloat16")
+
+
+# float32 candidates on one family only: without rounding noise to see through, the second family adds no case the
+# first does not cover (and the suite's time budget is shared)
+@pytest.mark.parametrize("family", ["llama"], indirect=True)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_planted_fault_is_named_first_in_float32(family, fault):
+    _assert_named_first(family, fault, "float32")
+
+
+def _assert_named_first(family, fault: str, dtype: str) -> None:
     cand, broken = _candidate(family, fault, dtype)
     report = compare(str(family["root"] / "ref.h5"), cand, replay=family["replayer"])
     first = report.local["first_introduced"]
