@@ -16,7 +16,7 @@ from protocol import atomic_write_json, read_json
 
 from .errors import ReportError
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 REPORT_KIND = "tensorparity.report"
 
 
@@ -175,16 +175,19 @@ class Report:
     @property
     def verdict(self) -> str:
         """``diverged`` when a site is over tolerance (over its threshold when thresholds were applied), a logit
-        failure rate is over its allowed rate, a replayed module introduces error, or a record could not be
-        compared; else ``pass``."""
+        failure rate is over its allowed rate, or a replayed module introduces error; else ``error`` when a record
+        could not be compared (a damaged record, a shape mismatch: never taken for a numeric divergence); else
+        ``pass``."""
         failed = self.thresholds is not None and not self.thresholds.get("passed", True)
         introduced = self.local is not None and self.local.get("first_introduced") is not None
-        return "diverged" if self.first_divergence is not None or self.errors or failed or introduced else "pass"
+        if self.first_divergence is not None or failed or introduced:
+            return "diverged"
+        return "error" if self.errors else "pass"
 
     @property
     def exit_code(self) -> int:
-        """0 for ``pass``, 1 for ``diverged`` (the CLI's exit code)."""
-        return 0 if self.verdict == "pass" else 1
+        """The CLI's exit code: 0 for ``pass``, 1 for ``diverged``, 3 for ``error`` (as for an unusable file)."""
+        return {"pass": 0, "diverged": 1}.get(self.verdict, 3)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Report":

@@ -83,7 +83,8 @@ def compare_cmd(dumps, inputs, output, csv_dir, metrics, sites, logits_site, tol
     Prints one line per site over the default tolerance (rel_l2 > tol or cosine < 1 - tol, tol set by the
     lower-precision dtype), then totals. For multi-rank captures give every rank of REF, then every rank of CAND
     (or a folder or a quoted glob per side). Exit code 0 when every site is within tolerance, 1 on divergence,
-    2 on usage errors, 3 when a file is unusable or the dumps consumed different input sets. With --thresholds the
+    2 on usage errors, 3 when a file is unusable, the dumps consumed different input sets, or a record could not be
+    compared (a damaged record, a shape mismatch) and nothing comparable diverged. With --thresholds the
     thresholds replace the default tolerance; with --floor a site diverges only by its excess over the noise floor.
     The summary names the first divergent site and the module with the largest error gain (output error / input
     error). With --replay REF_MODEL each module of CAND whose inputs and outputs it holds in full is run again, on the

@@ -107,7 +107,8 @@ def test_unmatched_and_mismatched_records_are_reported(tmp_path, input_set):
     assert rep.unmatched == {"reference_only": ["s0/t0/only_ref:out#0"], "candidate_only": ["s0/t0/only_cand:out#0"]}
     errors = {e["site"]: e["error"] for e in rep.errors}
     assert errors["b:out"].startswith("shape mismatch") and errors["c:out"].startswith("dtype-class mismatch")
-    assert rep.sites[0].over_tolerance is False and rep.verdict == "diverged"
+    # records that could not be compared are errors, not a divergence: exit code 3, as for an unusable file
+    assert rep.sites[0].over_tolerance is False and rep.verdict == "error" and rep.exit_code == 3
 
 
 def test_different_input_sets_refused(tmp_path):

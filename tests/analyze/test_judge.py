@@ -47,7 +47,7 @@ def _everything_agrees(report, csv_folder):
     curve_over = [e["site"] for e in report.localization["curve"] if e["over"]]
     assert curve_over == over
     assert (report.first_divergence or {}).get("site") == (over[0] if over else None)
-    assert report.verdict == ("diverged" if over or report.errors else "pass")
+    assert report.verdict == ("diverged" if over else "error" if report.errors else "pass")
 
 
 def test_a_floor_equal_to_the_candidate_gives_no_fail_line_and_passes(attention_pair, tmp_path):

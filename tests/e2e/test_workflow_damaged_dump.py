@@ -48,13 +48,13 @@ def test_damaged_capture_is_named_by_validate_and_an_error_in_compare(parity_exe
     assert res.stderr == f"Error: {cand}: record {KEY}: data does not match its checksum. {HINT}\n"
 
     res = _parity(parity_exe, "compare", ref, cand)
-    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.returncode == 3, res.stdout + res.stderr  # an error, not a divergence
     lines = res.stdout.splitlines()
     errors = [line for line in lines if line.startswith("ERROR ")]
     assert len(errors) == 1 and errors[0].endswith(
         f"model.layers.0.mlp:out  damaged dump: {cand}: record {KEY}: data does not match its checksum. {HINT}")
     assert not [line for line in lines if line.startswith("FAIL ") or line.startswith("first divergence")]
-    assert ", 0 over tolerance, 1 records in error;" in res.stdout
+    assert ", 0 over tolerance, 1 records in error;" in res.stdout and "verdict: error" in res.stdout
 
     # a damaged manifest: the dump cannot be trusted at all
     shutil.copyfile(ref, cand)
