@@ -7,6 +7,10 @@ bounded by the tile size (float64 scratch buffers reused across tiles), never by
 Non-finite values: a tile whose sums are finite has no NaN/Inf (float32/16 squares cannot overflow float64), so
 the common case never pays for ``isfinite``. Otherwise the positions not finite on both sides are counted, set to
 0 on both sides (they then add nothing to any sum) and excluded from the element counts.
+
+With numba (the ``fast`` extra), paired float32 or float64 blocks of at least 64K elements take one compiled pass
+instead (``analyze/tensor_kernels.py``: the same sums, in another order, straight from the blocks); a block whose
+d² sum comes out non-finite is measured again by the numpy path above, which counts and excludes NaN and Inf.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.compiled import load
 from protocol import TensorStats, dot, row_dots
 
 #: Names of the tensor metrics, in report order.
@@ -104,9 +109,35 @@ class TensorMetricAccumulator:
         b = np.asarray(b).reshape(-1)
         if a.shape != b.shape:
             raise ValueError(f"paired blocks differ in length: {a.shape} vs {b.shape}")
+        kernels = _compiled_for(a, b)
+        if kernels is not None and self._compiled_block(kernels, a, b):
+            return
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs are handled, not warned about
             for start in range(0, a.size, self.tile):
                 self._tile(a[start:start + self.tile], b[start:start + self.tile])
+
+    def _compiled_block(self, kernels, a: np.ndarray, b: np.ndarray) -> bool:
+        """Add a paired block by the compiled pass; False (nothing added) when it holds NaN or Inf."""
+        dd, ab, aa, bb, sad, dmax, amax, fails, cos_sum, cos_min, rows, pab, paa, pbb = kernels.block_metrics(
+            a, b, self.row_len, self.offset % self.row_len, self.atol, self.rtol, *self._part)
+        if not math.isfinite(dd):
+            return False  # the numpy path counts and excludes the non-finite positions
+        self.dd += dd
+        self.ab += ab
+        self.aa += aa
+        self.bb += bb
+        self.sad += sad
+        self.mad = max(self.mad, _from_bits(dmax))
+        if not self._peak_known:
+            self.peak = max(self.peak, _from_bits(amax))
+        self.fails += int(fails)
+        if rows:
+            self.rows += int(rows)
+            self.rows_cos_sum += cos_sum
+            self.rows_cos_min = min(self.rows_cos_min, cos_min)
+        self._part = [pab, paa, pbb]
+        self._advance(a.size)
+        return True
 
     def _tile(self, a_in: np.ndarray, b_in: np.ndarray) -> None:
         n = a_in.size
@@ -248,6 +279,36 @@ class TensorMetricAccumulator:
             "cos_rows_min": cos_min if rows else None,
         }
         return MetricValues("ok", values, self.numel, self.excluded)
+
+
+_COMPILED_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPILED_MIN = 1 << 16  # elements: smaller blocks never import numba (CLI tools, tests on tiny dumps)
+
+
+def _compiled_for(a: np.ndarray, b: np.ndarray):
+    """``analyze.tensor_kernels`` when it takes this pair of flat blocks, else None (the numpy path)."""
+    # the same dtype on both sides, contiguous and writable: the layouts the probe compiled for (numba compiles anew
+    # for any other: seconds, in the middle of a comparison)
+    if a.dtype == b.dtype and a.dtype in _COMPILED_TYPES and a.size >= _COMPILED_MIN and a.flags.c_contiguous \
+            and b.flags.c_contiguous and a.flags.writeable and b.flags.writeable:
+        return _kernels()
+    return None
+
+
+def _from_bits(bits: int) -> float:
+    """The float64 whose bits are the int64 ``bits``."""
+    return float(np.int64(bits).view(np.float64))
+
+
+def _probe(kernels) -> None:
+    for dtype in _COMPILED_TYPES:
+        x = np.arange(3, dtype=dtype)
+        kernels.block_metrics(x, x.copy(), 2, 0, DEFAULT_ATOL, DEFAULT_RTOL, 0.0, 0.0, 0.0)
+
+
+def _kernels():
+    """``analyze.tensor_kernels``, or None without numba (then numpy does the work); imported once."""
+    return load("analyze.tensor_kernels", _probe)
 
 
 def tensor_metrics(a: np.ndarray, b: np.ndarray, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,

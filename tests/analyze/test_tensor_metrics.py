@@ -138,3 +138,96 @@ def test_stats_only_relative_differences():
     assert v["stats_rel_l2"] == pytest.approx(abs(math.sqrt(1 + 4 + 3.3 ** 2) - math.sqrt(14)) / math.sqrt(14))
     assert v["stats_rel_min"] == 0.0 and v["nan_count_diff"] == 0.0
 
+
+
+# The compiled pass (analyze/tensor_kernels.py, numba) and the numpy path, on blocks large enough for the former.
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """Tensor metrics by the compiled pass (when numba is installed), or by numpy alone."""
+    import analyze.tensor_metrics as tm
+    from tests.protocol.support import kernel_path
+    return kernel_path(request.param, monkeypatch, tm)
+
+
+def _large_pair(shape, dtype, seed=11):
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    b = (a + 1e-4 * rng.standard_normal(shape)).astype(dtype)
+    b.reshape(-1)[::97] = a.reshape(-1)[::97] * 1.5  # some elements outside the allclose tolerances
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(70_001,), (300, 257), (2, 40_000), (1100, 64), (70_000, 1)], ids=str)
+def test_large_blocks_match_reference(shape, dtype, kernel):
+    a, b = _large_pair(shape, dtype)
+    check(a, b, tensor_metrics(a, b))
+
+
+@pytest.mark.parametrize("block", [65_536, 70_001, 100_003])
+def test_large_streamed_blocks_with_rows_split_across_them(block, kernel):
+    a, b = _large_pair((7, 30_011), np.float32)
+    acc = TensorMetricAccumulator(a.shape)
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    for s in range(0, fa.size, block):
+        acc.update(fa[s:s + block].copy(), fb[s:s + block].copy())
+        midway = acc.result()  # a row is open between most blocks
+        assert midway.values["cos_rows_min"] is not None
+    check(a, b, acc.result())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_blocks_with_nan_and_inf_are_counted_and_excluded(dtype, kernel):
+    a, b = _large_pair((200, 400), dtype)
+    a[3, 5], b[3, 6], b[150, 7] = np.nan, np.nan, np.inf
+    a[199, 399] = b[199, 399] = -np.inf
+    got = tensor_metrics(a, b)
+    assert got.excluded == 4 and got.values["nan_mismatch"] == 2.0 and got.values["inf_mismatch"] == 1.0
+    check(a, b, got)
+
+
+def test_compiled_and_numpy_paths_agree(monkeypatch):
+    pytest.importorskip("numba")
+    import analyze.tensor_metrics as tm
+    for dtype in (np.float32, np.float64):
+        a, b = _large_pair((130, 1031), dtype, seed=5)
+        acc = TensorMetricAccumulator(a.shape, peak=float(np.max(np.abs(a))))
+        acc.update(a, b)
+        compiled = acc.result().values
+        with monkeypatch.context() as m:
+            m.setattr(tm, "_kernels", lambda: None)
+            acc = TensorMetricAccumulator(a.shape, peak=float(np.max(np.abs(a))))
+            acc.update(a, b)
+            plain = acc.result().values
+        for name in ("max_abs_diff", "allclose_frac", "psnr_db", "nan_mismatch", "inf_mismatch"):
+            assert compiled[name] == plain[name], name  # maxima and counts are exact on both paths
+        for name, value in plain.items():
+            assert compiled[name] == pytest.approx(value, rel=1e-12), name
+
+
+def test_other_layouts_and_mixed_dtypes_compile_nothing_new():
+    """numba compiles anew (seconds, in the middle of a comparison) for each layout it has not seen: read-only,
+    strided and mixed-dtype pairs take the numpy path."""
+    pytest.importorskip("numba")
+    import analyze.tensor_metrics as tm
+    kernels = tm._kernels()
+    before = len(kernels.block_metrics.signatures)
+    a, b = _large_pair((100, 1000), np.float32)
+    ro = a.copy()
+    ro.flags.writeable = False
+    for x, y in ((ro, b), (a[:, ::2], b[:, ::2]), (a, b.astype(np.float64)), (a.astype(np.float16), b)):
+        check(x, y, tensor_metrics(x, y), rel=1e-6 if x.dtype == np.float16 else 1e-9)
+    assert len(kernels.block_metrics.signatures) == before
+
+
+def test_small_blocks_do_not_load_numba():
+    import json
+    import subprocess
+    import sys
+    code = ("import sys, json, numpy as np\n"
+            "from analyze.tensor_metrics import tensor_metrics\n"
+            "tensor_metrics(np.ones(1000, np.float32), np.ones(1000, np.float32))\n"
+            "print(json.dumps('numba' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert json.loads(out) is False

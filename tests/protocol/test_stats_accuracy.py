@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import subprocess
 import sys
 
@@ -143,7 +144,7 @@ def test_read_only_and_strided_arrays_compile_nothing_new():
     other than the probed contiguous, writable ones take the numpy path."""
     pytest.importorskip("numba")
     kernels = protocol.stats._kernels()
-    names = ("sums_minmax32", "sums_minmax64", "centred")
+    names = ("sums_minmax32", "sums_minmax64", "centred", "fold32", "fold64")
     before = {n: len(getattr(kernels, n).signatures) for n in names}
     x = np.random.default_rng(4).standard_normal(3 * _BLOCK).astype(np.float32)
     ro = x.copy()
@@ -153,3 +154,37 @@ def test_read_only_and_strided_arrays_compile_nothing_new():
         assert (got.min, got.max) == (ref["min"], ref["max"])
         assert got.mean == pytest.approx(ref["mean"], rel=1e-12)
     assert {n: len(getattr(kernels, n).signatures) for n in names} == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["plain", "offset", "constant_block", "nan_in_third_block", "inf_in_last_block"])
+def test_whole_array_kernel_equals_the_per_block_path_bit_for_bit(dtype, case, monkeypatch):
+    """``fold32``/``fold64`` (one compiled call per array) round exactly as the per-block path (one compiled call per
+    block, combined in Python) does, and hand over to it at the first block holding NaN or Inf."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(5 * _BLOCK + 77).astype(dtype)
+    if case == "offset":
+        x += dtype(300.0)  # |mean| > 10 std: the centred pass
+    elif case == "constant_block":
+        x[_BLOCK:2 * _BLOCK] = dtype(0.25)
+    elif case == "nan_in_third_block":
+        x[2 * _BLOCK + 9] = np.nan
+    elif case == "inf_in_last_block":
+        x[-3] = -np.inf
+    pieces = (x, x[:3 * _BLOCK + 5], x[3 * _BLOCK + 5:])
+    whole = [compute_stats(x)]
+    acc = protocol.stats.StatsAccumulator()
+    for p in pieces[1:]:
+        acc.update(p)
+    whole.append(acc.result())
+    monkeypatch.setattr(protocol.stats, "_compiled_for", lambda flat: None)  # the per-block path only
+    per_block = [compute_stats(x)]
+    acc = protocol.stats.StatsAccumulator()
+    for p in pieces[1:]:
+        acc.update(p)
+    per_block.append(acc.result())
+    for got, want in zip(whole, per_block):
+        for f in ("numel", "min", "max", "mean", "std", "abs_max", "l2", "nan_count", "inf_count"):
+            g, w = getattr(got, f), getattr(want, f)
+            assert struct.pack("=d", g) == struct.pack("=d", w), f
