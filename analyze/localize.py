@@ -240,14 +240,25 @@ def worst_elements(ref_reader, cand_reader, ref_info, cand_info, *, k: int = DEF
             b = np.asarray(b_block[start:start + _TILE], dtype=np.float64)
             with np.errstate(invalid="ignore", over="ignore"):
                 d = np.abs(a - b)
+            index = None
+            if best[0].size == k:
+                # only elements above the k-th largest so far (or NaN: a NaN or Inf on some side) can enter: once
+                # the first tiles have set it, a tile costs a compare instead of a partition (a third of a
+                # comparison's time went here). Strictly above: of equal ones, the earlier stays (a stable order).
+                index = np.flatnonzero((d > best[0].min()) | np.isnan(d))
+                if not index.size:
+                    continue
+                a, b, d = a[index], b[index], d[index]
             same = (a == b) | (np.isnan(a) & np.isnan(b))
             d[same] = 0.0
             d[np.isnan(d)] = np.inf  # one-sided NaN/Inf: the worst
             pick = np.argpartition(d, d.size - k)[d.size - k:] if d.size > k else np.arange(d.size)
-            best = [np.concatenate([best[0], d[pick]]), np.concatenate([best[1], pick + offset + start]),
+            at = (pick if index is None else index[pick]) + offset + start
+            best = [np.concatenate([best[0], d[pick]]), np.concatenate([best[1], at]),
                     np.concatenate([best[2], a[pick]]), np.concatenate([best[3], b[pick]])]
             if best[0].size > k:
-                keep = np.argpartition(best[0], best[0].size - k)[best[0].size - k:]
+                # the k largest, of equal ones the earliest (lexsort: by -d, then index)
+                keep = np.lexsort((best[1], -best[0]))[:k]
                 best = [x[keep] for x in best]
         offset += a_block.size
     best_d, best_i, best_a, best_b = best

@@ -147,3 +147,38 @@ def test_degenerate_gains():
     loc = localize(doc)
     gains = {e["site"]: e["gain"] for e in loc["curve"]}
     assert math.isinf(gains["b:out"]) and gains["a:out"] is None and gains["c:out"] is None
+
+
+@pytest.mark.parametrize("k", [1, 10, 300])
+def test_worst_elements_over_many_tiles_with_nan_and_inf(tmp_path, k):
+    """worst_elements against a direct float64 ranking, on a record of several blocks of many tiles: one-sided
+    NaN/Inf rank first, NaN or the same Inf on both sides counts as equal, late tiles can still hold the largest."""
+    from analyze.localize import worst_elements
+    from protocol import DumpWriter, Manifest, RecordKey
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 9000)).astype(np.float32)
+    b = (a + rng.standard_normal(a.shape).astype(np.float32) * np.float32(1e-3)).astype(np.float32)
+    b[39, 8999] += 5.0  # the very last element: the largest finite difference
+    a[2, 3] = b[2, 3] = np.nan  # equal
+    a[5, 5] = b[5, 5] = np.inf  # equal
+    b[30, 1] = np.nan  # one-sided: the worst
+    a[33, 7] = -np.inf
+    paths = []
+    for side, x in (("ref", a), ("cand", b)):
+        paths.append(str(tmp_path / f"{side}.h5"))
+        with DumpWriter(paths[-1], Manifest(label=side)) as w:
+            w.add(RecordKey(0, 0, "m:out"), x)
+    with open_dump(paths[0]) as rd, open_dump(paths[1]) as cd:
+        key = RecordKey(0, 0, "m:out")
+        got = worst_elements(rd, cd, rd.record(key), cd.record(key), k=k, chunk_elements=100_000)
+    fa, fb = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        d = np.abs(fa - fb)
+    d[(fa == fb) | (np.isnan(fa) & np.isnan(fb))] = 0.0
+    d[np.isnan(d)] = np.inf
+    want = np.argsort(-d, kind="stable")[:k]
+    assert [e["flat"] for e in got] == [int(i) for i in want]
+    assert got[0]["abs_diff"] == math.inf and {got[0]["flat"], got[min(1, k - 1)]["flat"]} <= {30 * 9000 + 1,
+                                                                                             33 * 9000 + 7}
+    if k >= 3:
+        assert got[2]["flat"] == a.size - 1 and got[2]["abs_diff"] == d[-1]
