@@ -3,8 +3,8 @@
 numpy needs a float64 copy of a float32 block and a pass per sum, plus a pass each for min and max (three passes
 over memory for a tensor just written by the forward); ``sums_minmax32``/``64`` take all four in one pass straight
 from the block, widening each value in a register (33 GB/s from cache, 25 GB/s from memory here: the speed of
-numpy's own float32 sum, which reads memory only). They run without
-the GIL, so the writer's statistics thread overlaps the data write. Reassociation into vector lanes makes the sums
+numpy's own float32 sum, which reads memory only). They run without the GIL, so the writer's statistics thread
+overlaps the data write. Reassociation into vector lanes makes the sums
 float64 sums in another order, of chunk sums so that their error stays near numpy's pairwise sum, and deterministic
 on a given CPU. ``centred`` (the second pass for blocks whose mean dwarfs their spread) only sees finite blocks, which
 is what makes its full ``fastmath`` safe.
