@@ -72,11 +72,12 @@ test-oldest: system-packages
 	$(OLDEST_VENV)/bin/python -m pip freeze --exclude-editable > $(OLDEST_VENV)/freeze.txt
 	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-# Benchmarks (BENCHMARKS.md): the bench extra adds the peers' code (Polygraphy), matplotlib for the plots and the
-# profilers; installed here only, so `make test` does not need them.
+# Benchmarks (BENCHMARKS.md): the bench extra adds the peers' code (Polygraphy, msprobe, torchlens), matplotlib for
+# the plots and the profilers; installed here only, so `make test` does not need them. The lock constrains them:
+# a peer that asked for another torch or numpy would change what the tests ran on.
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
+$(BENCH_STAMP): $(STAMP) setup.cfg
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
