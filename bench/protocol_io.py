@@ -120,10 +120,19 @@ def run(n_arrays: int = 64, mb: int = 16, repeat: int = 3, folder: str | None = 
     docs = []
     try:
         compute_stats(arrays[0][:1 << 16])  # warm-up: the compiled kernels' one-time import and load (0.3-0.5 s)
-        t = time.perf_counter()
-        stats = [compute_stats(a) for a in arrays]
-        t_stats = time.perf_counter() - t
-        docs.append(record(BENCH, "compute_stats_alone", gb / t_stats, "GB/s", extra=extra))
+        # the statistics against one plain pass reading the same arrays (numpy's float32 sum), interleaved: issue
+        # 21's target is a fused pass at >= 80% of the memory-read rate
+        t_stats = t_read = float("inf")
+        for _ in range(max(repeat, 5)):
+            t = time.perf_counter()
+            stats = [compute_stats(a) for a in arrays]
+            t_stats = min(t_stats, time.perf_counter() - t)
+            t = time.perf_counter()
+            for a in arrays:
+                a.sum()
+            t_read = min(t_read, time.perf_counter() - t)
+        docs.append(record(BENCH, "compute_stats_alone", gb / t_stats, "GB/s", baseline=gb / t_read,
+                           ratio=t_read / t_stats, target=">=0.8", extra=extra))
 
         path = os.path.join(work, "x.h5")
         for comp in ("none", "lz4"):
