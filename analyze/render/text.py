@@ -19,6 +19,14 @@ def _gain_value(g) -> str:
     return "inf (error from exact inputs)" if g is not None and math.isinf(g) else f"{g:.3g}"
 
 
+def _ranks_text(records) -> str:
+    """``  rank=1`` or ``  ranks=0,1``: the ranks of the given records (a multi-rank report's FAIL and ERROR lines)."""
+    ranks = sorted({r.rank for r in records})
+    if not ranks:
+        return ""
+    return f"  rank={ranks[0]}" if len(ranks) == 1 else "  ranks=" + ",".join(map(str, ranks))
+
+
 def _gain_text(g) -> str:
     return "" if g is None else "  gain=inf" if math.isinf(g) else f"  gain={g:.3g}"
 
@@ -26,11 +34,14 @@ def _gain_text(g) -> str:
 def summary_lines(report: Report) -> list[str]:
     """The terminal summary: one grep-able line per site over tolerance or in error (execution order), then totals.
 
-    ``FAIL  #41 model.layers.3.mlp:out  rel_l2=3.1e-02 > 1.0e-02  cos=0.9991``
+    ``FAIL  #41 model.layers.3.mlp:out  rel_l2=3.1e-02 > 1.0e-02  cos=0.9991`` (``  rank=1`` after the test when
+    the dumps hold several ranks: the ranks whose records are over)
     """
     lines = []
     th = report.thresholds
     gains = {e["site"]: e.get("gain") for e in (report.localization or {}).get("curve", [])}
+    # a multi-rank capture: say on which ranks a site failed (a tensor-parallel fault is often on one rank only)
+    multi_rank = len({r.rank for s in report.sites for r in s.records}) > 1
     for s in report.sites:
         if s.over_tolerance and s.judged_by != "thresholds":  # thresholded sites: threshold_lines below
             metric = s.decided_by or "rel_l2"
@@ -46,10 +57,11 @@ def summary_lines(report: Report) -> list[str]:
             extra = f"  cos={s.worst['cosine']:.4f}" if metric != "cosine" and s.worst.get("cosine") is not None \
                 else ""
             kind = "  (stats-only)" if s.kind == "stats-only" else ""
-            lines.append(f"FAIL  #{s.index} {s.name}  {test}{extra}{kind}{_gain_text(gains.get(s.name))}")
+            where = _ranks_text([r for r in s.records if r.over_tolerance]) if multi_rank else ""
+            lines.append(f"FAIL  #{s.index} {s.name}  {test}{extra}{kind}{where}{_gain_text(gains.get(s.name))}")
         if s.errors:
-            err = next(r.error for r in s.records if r.error)
-            lines.append(f"ERROR #{s.index} {s.name}  {err}")
+            failed = [r for r in s.records if r.error]
+            lines.append(f"ERROR #{s.index} {s.name}  {failed[0].error}{_ranks_text(failed) if multi_rank else ''}")
     if th is not None:
         lines.extend(line + (_gain_text(gains.get(line.split()[2])) if line.startswith("FAIL  #") else "")
                      for line in threshold_lines(th))

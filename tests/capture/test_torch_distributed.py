@@ -100,7 +100,9 @@ def test_compare_pairs_rank_with_rank_and_reports_a_fault_under_its_rank(rank_du
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "parity"), "compare", *sides, "-o", report],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1, proc.stderr  # a divergence
-    assert "FAIL" in proc.stdout and "head:out" in proc.stdout
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL ")]
+    assert len(fails) == 2 and all("  rank=1" in line for line in fails), proc.stdout  # the FAIL lines name it
+    assert any(" head:out " in line for line in fails)
     with open(report, encoding="utf-8") as fh:
         sites = json.load(fh)["sites"]
     records = [(s["site"], r["rank"], r["over_tolerance"]) for s in sites for r in s["records"]]
