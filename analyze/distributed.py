@@ -194,6 +194,7 @@ def measure_on_cluster(measure, work, ref, cand, inputset, *, scheduler, options
         target = max(1, min(settings.max_batch_elements,
                             sum(map(sum, costs)) // (settings.batches_per_thread * threads)))
         inputs = _inputs_spec(inputset)
+        version = _tensorparity_version()
         token = uuid.uuid4().hex[:12]
         plan = []
         for (p, flags), rd, cd, rank_costs in zip(work, ref.readers, cand.readers, costs):
@@ -201,7 +202,7 @@ def measure_on_cluster(measure, work, ref, cand, inputset, *, scheduler, options
                 logits = any(flags[part])
                 plan.append((p, part))
                 futures.append(client.submit(
-                    _measure_batch, measure, _dump_spec(rd), _dump_spec(cd), p.rank, p.pairs[part], flags[part],
+                    _measure_batch, measure, version, _dump_spec(rd), _dump_spec(cd), p.rank, p.pairs[part], flags[part],
                     inputs if logits else None, options, key=f"parity-records-{token}-{len(futures)}", pure=False))
         for (p, part), future in zip(plan, futures):
             for (ri, ci), (rec, logit) in zip(p.pairs[part], _result(future, "a batch of records")):
@@ -263,6 +264,26 @@ def _worker_name() -> str:
         return f"Dask worker {get_worker().address}"
     except ValueError:  # called outside a worker (tests, a local client)
         return f"process {os.getpid()}"
+
+
+def _tensorparity_version() -> str | None:
+    """The tensorparity installed in this process (None when it runs from a tree that is not installed)."""
+    import importlib.metadata as md
+    try:
+        return md.version("tensorparity")
+    except md.PackageNotFoundError:
+        return None
+
+
+def _same_tensorparity(expected: str | None) -> None:
+    """On a worker, before any work: refuse to compute with another tensorparity than the client's. The client
+    checks the workers present when it connects; this catches one that joined later (or was restarted on a host
+    upgraded in between)."""
+    found = _tensorparity_version()
+    if found != expected:
+        raise ClusterError(f"the {_worker_name()} runs tensorparity {found or '(none)'}, the client "
+                           f"{expected or '(none)'}", None,
+                           "install the same tensorparity on every worker (pip install '.[fast,distributed]')")
 
 
 def _visible(path: str, what: str) -> None:
@@ -343,8 +364,10 @@ def _keep_freed_blocks() -> None:
         pass
 
 
-def _measure_batch(measure, ref_spec, cand_spec, rank, pairs, flags, inputs_spec, options) -> list:
-    """On a worker: measure a batch of record pairs of one rank, opening both dumps by path."""
+def _measure_batch(measure, version, ref_spec, cand_spec, rank, pairs, flags, inputs_spec, options) -> list:
+    """On a worker: measure a batch of record pairs of one rank, opening both dumps by path (``version``: the
+    client's tensorparity, which the worker must run too)."""
+    _same_tensorparity(version)
     _keep_freed_blocks()
     inputset = _input_set(inputs_spec)
     rd, cd = _open_checked(ref_spec), _open_checked(cand_spec)
@@ -354,8 +377,10 @@ def _measure_batch(measure, ref_spec, cand_spec, rank, pairs, flags, inputs_spec
 
 # ---- watch: one task per pair ---------------------------------------------------------------------------------------
 
-def _compute_on_worker(compute, root: str, task):
-    """On a worker: one pair's whole analysis (``compute(task)``), once the shared folder is seen to be there."""
+def _compute_on_worker(compute, version, root: str, task):
+    """On a worker: one pair's whole analysis (``compute(task)``), once the shared folder is seen to be there and
+    the worker found to run the client's tensorparity (``version``)."""
+    _same_tensorparity(version)
     _visible(root, "shared folder")
     _keep_freed_blocks()
     return compute(task)
@@ -388,6 +413,7 @@ class ClusterPairPool:
             self.client.close()
             raise
         self._compute, self._publish = compute, publish
+        self._version = _tensorparity_version()  # what each task checks its worker runs
         self._local = cf.ThreadPoolExecutor(publishers, thread_name_prefix="parity-publish")
         self._lock = threading.Lock()
         self._tasks: dict[str, tuple] = {}  # dask key -> (dask future, our future)
@@ -412,7 +438,8 @@ class ClusterPairPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the cluster pool is shut down")
-            remote = self.client.submit(_compute_on_worker, self._compute, root, task, key=key, pure=False)
+            remote = self.client.submit(_compute_on_worker, self._compute, self._version, root, task, key=key,
+                                        pure=False)
             self._tasks[key] = (remote, result, root, task)
         remote.add_done_callback(self._landed)
         return result

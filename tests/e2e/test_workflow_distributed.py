@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import analyze
-from analyze.distributed import ClusterSettings, _measure_batch
+from analyze.distributed import ClusterSettings, _measure_batch, _tensorparity_version
 from analyze.errors import ClusterError
 from analyze.compare import measure_pair
 from analyze.render.text import summary_lines
@@ -179,21 +179,25 @@ def test_every_record_kind_and_rank_is_merged_in_the_local_order(cluster, tmp_pa
     assert cluster.client.status == "running"
 
 
-def test_a_worker_that_sees_no_dump_or_another_file_names_it(tmp_path):
+def test_a_worker_that_sees_no_dump_or_another_file_or_runs_another_tensorparity_names_it(tmp_path):
     ref = write_dump(tmp_path / "ref.h5", [("s0/t0/a:out#0", np.ones(4, np.float32))], label="ref")
     with open_dump(ref) as r:
         info = r.records()[0]
         created = r.manifest.created
     size = os.path.getsize(ref)
     options = {"atol": 1e-5, "rtol": 1e-5, "table": None, "topk": 5, "chunk_elements": 1 << 20}
+    version = _tensorparity_version()
     missing = (str(tmp_path / "elsewhere.h5"), size, "ref", created)
     with pytest.raises(ClusterError, match="does not see this dump.*same path on every host"):
-        _measure_batch(measure_pair, missing, missing, 0, [(info, info)], [False], None, options)
+        _measure_batch(measure_pair, version, missing, missing, 0, [(info, info)], [False], None, options)
     other = (ref, size, "ref", "2001-01-01T00:00:00+00:00")
     with pytest.raises(ClusterError, match="sees another file at this path"):
-        _measure_batch(measure_pair, other, other, 0, [(info, info)], [False], None, options)
+        _measure_batch(measure_pair, version, other, other, 0, [(info, info)], [False], None, options)
     same = (ref, size, "ref", created)
-    [(rec, logit)] = _measure_batch(measure_pair, same, same, 0, [(info, info)], [False], None, options)
+    # a worker that joined after the client's check, with another tensorparity: refused before it computes
+    with pytest.raises(ClusterError, match=f"runs tensorparity {version}, the client 0.0.0.*same tensorparity"):
+        _measure_batch(measure_pair, "0.0.0", same, same, 0, [(info, info)], [False], None, options)
+    [(rec, logit)] = _measure_batch(measure_pair, version, same, same, 0, [(info, info)], [False], None, options)
     assert rec.status == "ok" and rec.metrics["rel_l2"] == 0.0 and logit is None
 
 
