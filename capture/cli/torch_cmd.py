@@ -37,8 +37,17 @@ def torch_cmd(model, device, dtype, attn_implementation, trust_remote_code, incl
       parity capture torch MODEL_DIR --inputs inputs.h5 --label offload -o offload.h5 \\
           --device-map auto --max-memory 0=2GiB,cpu=4GiB --offload-folder /tmp/offload
     """
+    import os
+
     from capture.torch_backend import capture_torch_model
     from capture.torch_hooks import ModuleSelection
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:  # torchrun's: every rank would run the whole model and write one -o
+        raise click.UsageError(
+            f"parity capture torch runs one process with the whole model, and WORLD_SIZE is {world} (torchrun?): "
+            "every rank would write the same output. Capture tensor-parallel ranks from your own script with "
+            "TorchBackend(model).capture(..., f'cand.rank{rank}.h5', ...) (README, 'Sharded models'), or give "
+            "--device-map to spread one model over devices")
     options, inputs_path, output = build_capture_options(params)
     try:
         selection = ModuleSelection(include=include, exclude=exclude, max_depth=max_depth)

@@ -74,6 +74,15 @@ def test_bad_options_are_usage_errors(tiny_llama, llama_inputs_file, tmp_path, e
     assert result.exit_code == 2 and message in result.output
 
 
+def test_under_torchrun_the_cli_refuses_rather_than_have_every_rank_write_one_file(tiny_llama, llama_inputs_file,
+                                                                                    tmp_path):
+    out = tmp_path / "x.h5"
+    result = CliRunner().invoke(cli, ["capture", "torch", tiny_llama, "--inputs", llama_inputs_file, "--label", "x",
+                                      "-o", str(out)], env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert result.exit_code == 2 and "WORLD_SIZE is 2" in result.output and "TorchBackend" in result.output
+    assert not out.exists()
+
+
 def test_unusable_inputs_exit_3_with_one_line(tiny_llama, llama_inputs_file, tmp_path):
     result = CliRunner().invoke(cli, ["capture", "torch", str(tmp_path / "missing-model"), "--inputs",
                                       llama_inputs_file, "--label", "x", "-o", str(tmp_path / "x.h5")])
