@@ -202,8 +202,9 @@ def measure_on_cluster(measure, work, ref, cand, inputset, *, scheduler, options
                 logits = any(flags[part])
                 plan.append((p, part))
                 futures.append(client.submit(
-                    _measure_batch, measure, version, _dump_spec(rd), _dump_spec(cd), p.rank, p.pairs[part], flags[part],
-                    inputs if logits else None, options, key=f"parity-records-{token}-{len(futures)}", pure=False))
+                    _measure_batch, measure, version, _dump_spec(rd), _dump_spec(cd), p.rank, p.pairs[part],
+                    flags[part], inputs if logits else None, options, key=f"parity-records-{token}-{len(futures)}",
+                    pure=False))
         for (p, part), future in zip(plan, futures):
             for (ri, ci), (rec, logit) in zip(p.pairs[part], _result(future, "a batch of records")):
                 yield p, ri, ci, rec, logit

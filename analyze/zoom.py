@@ -48,7 +48,8 @@ class ZoomPlan:
         centre: the site the window is centred on.
         centred_on: ``first_introduced`` (the replay's first module that introduces error) or ``first_divergence``.
         window: the sites of the window, in execution order.
-        modules: the module paths whose sites (and submodules) are kept full (``""`` is the root).
+        modules: the module paths whose sites are kept full (with their submodules' when they lie inside a numbered
+            block, ``in_repeated_block``; ``""`` is the root).
     """
 
     policy: dict

@@ -7,8 +7,9 @@ whole and computes each metric separately in float64 (what hand-written scripts 
 both files whole (``bench.protocol_io.raw_read``), the floor of any analysis that reads the records
 (``p3_share_of_read``: that read time / ours, target >= 0.7 where 2 GB/s is above the read rate). Then one more run
 under cProfile, summarised as where the time goes (``profile_p3``: reading the records, the tensor metrics, the
-worst elements of the first divergent record, the statistics, the rest). P5: peak resident memory of ``analyze.compare`` on a
-larger pair (default 2 x 2 GiB), measured in a fresh subprocess through ``resource.getrusage``.
+worst elements of the first divergent record, the statistics, the rest). P5: peak resident memory of
+``analyze.compare`` on a larger pair (default 2 x 2 GiB), measured in a fresh subprocess through
+``resource.getrusage``.
 
 Run: ``python -m bench compare_throughput`` or ``python -m bench.compare_throughput --mb 512 --p5-mb 2048``.
 Environment overrides: BENCH_CMP_MB, BENCH_CMP_P5_MB, BENCH_CMP_DIR.

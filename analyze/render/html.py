@@ -285,7 +285,8 @@ def _sites_section(loc: dict) -> str:
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1300px}
 h1{font-size:20px}h2{font-size:17px;margin:4px 0 8px}h3{font-size:14px}.dim{color:#667}.mono{font-family:monospace}
 .card{border:1px solid #ccd;border-radius:8px;padding:12px 16px;margin:10px 0}.big{font-size:20px;font-weight:600}
-.verdict.pass{background:#e8f6ec;border-color:#6c9}.verdict.diverged{background:#fdecea;border-color:#d66}.verdict.error{background:#fff4e0;border-color:#d93}
+.verdict.pass{background:#e8f6ec;border-color:#6c9}.verdict.diverged{background:#fdecea;border-color:#d66}
+.verdict.error{background:#fff4e0;border-color:#d93}
 .first{background:#fff8e6;border-color:#e0b000}.first.ok{background:#f4f8f4}.bad{color:#c00}
 table{border-collapse:collapse;margin:6px 0}td,th{border-bottom:1px solid #e3e3ea;padding:3px 10px;text-align:left}
 th{background:#f3f4f8}.chart{position:relative;height:380px}section{margin:22px 0}summary{cursor:pointer}"""

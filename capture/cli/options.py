@@ -15,7 +15,8 @@ from protocol import CAPTURE_MODES, COMPRESSIONS
 
 #: the parameter names that ``capture_options`` adds (popped by ``build_capture_options``)
 CAPTURE_OPTION_NAMES = ("inputs_path", "label", "output", "mode", "max_new_tokens", "reference", "rules",
-                        "policy_file", "default_policy", "byte_budget", "compression", "check_perturbation", "max_samples", "run_id")
+                        "policy_file", "default_policy", "byte_budget", "compression", "check_perturbation",
+                        "max_samples", "run_id")
 
 
 def _size(ctx, param, value):
