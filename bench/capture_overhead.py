@@ -56,6 +56,12 @@ def build_model(layers: int, hidden: int, vocab: int) -> torch.nn.Module:
     return LlamaForCausalLM(cfg).eval()
 
 
+def make_feed(seq: int, vocab: int) -> dict:
+    """The inputs of the bench model: seeded random ids, a full attention mask, no cache."""
+    ids = torch.randint(4, vocab, (1, seq), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+
+
 def _bare(model, feed) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -139,8 +145,7 @@ def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, r
 
     try:
         model = build_model(layers, hidden, vocab)
-        ids = torch.randint(4, vocab, (1, seq), generator=torch.Generator().manual_seed(0))
-        feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+        feed = make_feed(seq, vocab)
         _bare(model, feed)  # warm-up: allocator, kernels
         _captured(model, feed, fresh("warm"), "stats")
         kept = fresh("full")

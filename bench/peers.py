@@ -61,7 +61,7 @@ import traceback
 import torch
 
 from bench import record
-from bench.capture_overhead import _bare, _captured, build_model
+from bench.capture_overhead import _bare, _captured, build_model, make_feed
 
 BENCH = "peers"
 
@@ -113,12 +113,6 @@ def _clear(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.exists(path):
         os.unlink(path)
-
-
-def _feed(seq: int, vocab: int) -> dict:
-    """capture_overhead's inputs: seeded random ids, full attention mask, no cache."""
-    ids = torch.randint(4, vocab, (1, seq), generator=torch.Generator().manual_seed(0))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
 
 
 # ---- the variants that run in this process ----------------------------------------------------------------------
@@ -275,7 +269,7 @@ def _worker_main(argv: list[str]) -> None:
 
     try:
         model = build_model(cfg["layers"], cfg["hidden"], cfg["vocab"])
-        feed = _feed(cfg["seq"], cfg["vocab"])
+        feed = make_feed(cfg["seq"], cfg["vocab"])
         _bare(model, feed)
         if kind.startswith("msprobe_"):
             runner = _MsprobeRunner(kind.split("_", 1)[1], work)
@@ -407,7 +401,7 @@ def run(layers: int = 8, hidden: int = 512, seq: int = 512, vocab: int = 4096, r
         for kind in kinds:  # start-up overlaps this process's own model building
             workers[kind] = _Worker(kind, cfg, work)
         model = build_model(layers, hidden, vocab)
-        feed = _feed(seq, vocab)
+        feed = make_feed(seq, vocab)
         _bare(model, feed)
         bares = {}  # worker kind -> its bare forward / ours, before its peer ran
         for w in workers.values():  # all started before any is timed: a worker's start-up takes both cores

@@ -1,6 +1,6 @@
 """What the two-pass capture (issue 20, ``parity zoom``) writes and names, on every planted fault of the suite.
 
-A random Llama (the config of tests/e2e/test_replay_faults.py, ``--layers`` layers, default 4) saved to a folder;
+A random Llama (workflows.fault_suite.build_model, ``--layers`` layers, default 4) saved to a folder;
 for each fault of workflows/fault_suite.py (planted in layer ``FAULT_LAYER``) and each candidate dtype (float32,
 bfloat16), against the float32 reference:
 
@@ -34,23 +34,6 @@ from bench import record
 BENCH = "zoom_bytes"
 DTYPES = ("float32", "bfloat16")
 WINDOWS = (1, 3)
-
-
-def build_model(folder: str, layers: int) -> str:
-    """The random Llama of tests/e2e/test_replay_faults.py ``_build`` (``layers`` layers), saved to ``folder``."""
-    import torch
-    import transformers
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # larger weights than the default init: activations far from constant
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.15)
-    model.save_pretrained(folder)
-    return folder
 
 
 def _named(report) -> str | None:
@@ -156,13 +139,13 @@ def run(layers: int = 4, tokens: int = 24, samples: int = 1, windows: tuple[int,
     from capture.torch_backend import TorchBackend
     from capture.torch_replay import TorchReplayer
     from protocol import InputSample, read_input_set, write_input_set
-    from workflows.fault_suite import FAULT_LAYER, FAULTS
+    from workflows.fault_suite import FAULT_LAYER, FAULTS, build_model
 
     faults = tuple(faults or FAULTS)
     tmp = tempfile.mkdtemp(prefix="bench-zoom-")
     t0 = time.perf_counter()
     try:
-        folder = build_model(os.path.join(tmp, "model"), layers)
+        folder = build_model(os.path.join(tmp, "model"), layers=layers)
         rng = np.random.default_rng(0)
         write_input_set(os.path.join(tmp, "inputs.h5"),
                         [InputSample({"input_ids": rng.integers(4, 256, (1, tokens))}, {}) for _ in range(samples)])

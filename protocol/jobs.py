@@ -93,6 +93,27 @@ def _check_keys(data: dict, known: set, newer: bool, what: str, path: str | None
                        f"known fields are {sorted(known)}")
 
 
+def validate_policy_document(p, path: str | None = None) -> None:
+    """Check the structure of a record policy document ``{rules: [{pattern, action, params}], default, byte_budget}``
+    (a job's ``policy``, a ``--policy-file``). Structure only: the actions' meaning belongs to capture.policy, which
+    checks them again when it runs.
+
+    Raises:
+        JobError: what is wrong, naming ``path``.
+    """
+    _expect(isinstance(p, dict) and set(p) <= {"rules", "default", "byte_budget"},
+            f"policy must be {{rules, default, byte_budget}}, not {p!r}", path)
+    _expect(isinstance(p.get("rules", []), list), "policy.rules must be a list", path)
+    for rule in p.get("rules", []):
+        _expect(isinstance(rule, dict) and isinstance(rule.get("pattern"), str)
+                and isinstance(rule.get("action"), str) and isinstance(rule.get("params", {}), dict)
+                and set(rule) <= {"pattern", "action", "params"}, f"invalid policy rule {rule!r}", path)
+    _expect(isinstance(p.get("default", "full"), str), "policy.default must be a string", path)
+    budget = p.get("byte_budget")
+    _expect(budget is None or (isinstance(budget, int) and not isinstance(budget, bool) and budget > 0),
+            f"policy.byte_budget {budget!r} must be a positive integer or null", path)
+
+
 def check_relative_path(value, what: str, path: str | None = None) -> str:
     """A path inside ROOT written relative to it: refuse absolute paths and any ``..`` component (lexically).
 
@@ -199,19 +220,7 @@ class Job:
         return self
 
     def _validate_policy(self, path: str | None) -> None:
-        # Structure only: the actions' meaning belongs to capture.policy, which checks them again when it runs.
-        p = self.policy
-        _expect(isinstance(p, dict) and set(p) <= {"rules", "default", "byte_budget"},
-                f"policy must be {{rules, default, byte_budget}}, not {p!r}", path)
-        _expect(isinstance(p.get("rules", []), list), "policy.rules must be a list", path)
-        for rule in p.get("rules", []):
-            _expect(isinstance(rule, dict) and isinstance(rule.get("pattern"), str)
-                    and isinstance(rule.get("action"), str) and isinstance(rule.get("params", {}), dict)
-                    and set(rule) <= {"pattern", "action", "params"}, f"invalid policy rule {rule!r}", path)
-        _expect(isinstance(p.get("default", "full"), str), "policy.default must be a string", path)
-        budget = p.get("byte_budget")
-        _expect(budget is None or (isinstance(budget, int) and not isinstance(budget, bool) and budget > 0),
-                f"policy.byte_budget {budget!r} must be a positive integer or null", path)
+        validate_policy_document(self.policy, path)
 
     def target(self, label: str) -> dict:
         """The per-label overrides for ``label`` (empty when none)."""

@@ -101,21 +101,25 @@ class StatsAccumulator:
 
 def _compiled_for(flat: np.ndarray) -> tuple | None:
     """``(fold kernel, int view type)`` for a 1-D array the compiled kernels take, else None (numpy's path)."""
+    kernels = _kernels_for(flat)
+    if kernels is None:
+        return None
+    return getattr(kernels, _FOLDS[flat.dtype]), _KEYS[flat.dtype][1]
+
+
+def _kernels_for(flat: np.ndarray):
+    """The compiled kernels when they take this 1-D array, else None."""
     # the compiled kernels take the contiguous, writable arrays their probe compiled for (numba compiles anew for
     # read-only or strided ones: seconds, in the middle of a capture); other arrays take the numpy path
     if flat.dtype in _COMPILED_TYPES and flat.size >= _COMPILED_MIN and flat.flags.c_contiguous \
             and flat.flags.writeable:
-        kernels = _kernels()
-        if kernels is not None:
-            name, itype = _KEYS[flat.dtype][6:8]
-            return getattr(kernels, name), itype
+        return _kernels()
     return None
 
 
 def _block_moments(flat: np.ndarray) -> list[tuple]:
     """``(n, mean, m2, min, max, nan, inf)`` of each block of ``flat``, over its finite elements."""
-    compiled = (_kernels() if flat.dtype in _COMPILED_TYPES and flat.size >= _COMPILED_MIN
-                and flat.flags.c_contiguous and flat.flags.writeable else None)
+    compiled = _kernels_for(flat)
     # one float64 scratch buffer per call, reused by every block: no allocation (and page faults) per block, and
     # the block stays in cache across the few passes below; made on first need (the compiled path has none)
     buf = None
@@ -170,16 +174,17 @@ def _moments(x: np.ndarray, bmin: float, bmax: float) -> tuple[float, float]:
     return mean, dot(x, x)
 
 
-# per compiled dtype: the block kernel, the int view of its bits, the map from an order key back to the float, and
-# the whole-array kernel with its int view
-_KEYS = {np.dtype(np.float32): ("sums_minmax32", np.int32, "=i", "=f", 31, 0x7FFFFFFF, "fold32", np.int32),
-         np.dtype(np.float64): ("sums_minmax64", np.int64, "=q", "=d", 63, 0x7FFFFFFFFFFFFFFF, "fold64", np.int64)}
+# per compiled dtype: the block kernel, the int view of its bits, and the map from an order key back to the float
+_KEYS = {np.dtype(np.float32): ("sums_minmax32", np.int32, "=i", "=f", 31, 0x7FFFFFFF),
+         np.dtype(np.float64): ("sums_minmax64", np.int64, "=q", "=d", 63, 0x7FFFFFFFFFFFFFFF)}
+# per compiled dtype: the whole-array kernel (it takes the same int view)
+_FOLDS = {np.dtype(np.float32): "fold32", np.dtype(np.float64): "fold64"}
 
 
 def _compiled_moments(kernels, block: np.ndarray) -> tuple | None:
     """``(n, mean, m2, min, max, 0, 0)`` of a float32/float64 block by the compiled kernels in one pass (no float64
     copy), or None when the block holds NaN or Inf."""
-    kernel, itype, ifmt, ffmt, shift, mask = _KEYS[block.dtype][:6]
+    kernel, itype, ifmt, ffmt, shift, mask = _KEYS[block.dtype]
     s1, s2, kmin, kmax = getattr(kernels, kernel)(block, block.view(itype))
     bmin, bmax = (struct.unpack(ffmt, struct.pack(ifmt, k ^ ((k >> shift) & mask)))[0] for k in (int(kmin), int(kmax)))
     if not (math.isfinite(bmin) and math.isfinite(bmax)):  # the keys of -inf/+inf and NaN lie beyond every finite
@@ -206,9 +211,8 @@ def _probe(kernels) -> None:
         x = np.arange(3, dtype=dtype)
         _compiled_moments(kernels, x)
         kernels.centred(x, 1.0)
-        name, itype = _KEYS[x.dtype][6:8]
         # the types StatsAccumulator passes: a fresh state (int 0, floats) and a running one (ints, floats)
-        getattr(kernels, name)(x, x.view(itype), _BLOCK, 0, 0.0, 0.0, math.inf, -math.inf)
+        getattr(kernels, _FOLDS[x.dtype])(x, x.view(_KEYS[x.dtype][1]), _BLOCK, 0, 0.0, 0.0, math.inf, -math.inf)
 
 
 def _kernels():

@@ -16,6 +16,29 @@ from __future__ import annotations
 
 FAULTS = ("int8", "heads", "embedding", "norm", "rope", "activation", "lm_head")
 FAULT_LAYER = 1
+#: the decoder families ``build_model`` makes
+ARCHS = ("llama", "phi3")
+
+
+def build_model(folder: str, arch: str = "llama", *, layers: int = 3) -> str:
+    """A random decoder of ``arch`` (hidden 64, vocabulary 256) saved to ``folder``, the model the fault suite is
+    measured on (tests/e2e/test_replay_faults.py, bench/zoom_bytes.py). Its weights are drawn larger than the
+    default init (std 0.15), so activations are far from constant, as a trained model's are. Returns ``folder``."""
+    import torch
+    import transformers
+    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg, cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}[arch]
+    torch.manual_seed(0)
+    model = cls(cfg(**common)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.15)
+    model.save_pretrained(folder)
+    return folder
 
 
 def plant(model, fault: str, *, layer: int = FAULT_LAYER, token_ids=None) -> tuple[str, ...]:

@@ -119,16 +119,16 @@ def read_policy_file(path: str):
     from capture.policy import RecordPolicy, parse_action
     from protocol import read_json
     from protocol.errors import ParityError
+    from protocol.jobs import validate_policy_document
     hint = "write it with 'parity zoom -o', or as {\"rules\": [{\"pattern\", \"action\"}], \"default\": \"stats\"}"
     doc = read_json(path, "policy file", error=ParityError, hint=hint, missing_hint="check the path")
     try:
-        if not isinstance(doc, dict) or not isinstance(doc.get("rules", []), list):
-            raise ValueError("not a {rules, default, byte_budget} document")
+        validate_policy_document(doc, path)  # the structure, as a job's policy is checked
         policy = RecordPolicy.from_dict(doc)
         parse_action(policy.default)
-        if policy.byte_budget is not None and not (isinstance(policy.byte_budget, int) and policy.byte_budget > 0):
-            raise ValueError(f"byte_budget {policy.byte_budget!r} must be a positive integer or null")
-    except (ValueError, TypeError, KeyError, AttributeError, re.error) as exc:
+    except ParityError as exc:
+        raise ParityError(f"invalid policy file ({exc.what})", path, hint) from None
+    except (ValueError, re.error) as exc:
         raise ParityError(f"invalid policy file ({exc})", path, hint) from None
     return policy
 

@@ -17,35 +17,15 @@ from capture.torch_backend import TorchBackend
 from capture.torch_loading import load_hf_model
 from capture.torch_replay import TorchReplayer
 from protocol import InputSample, read_input_set, write_input_set
-from workflows.fault_suite import FAULTS, plant
+from workflows.fault_suite import ARCHS, FAULTS, build_model, plant
 
 pytestmark = pytest.mark.slow
-
-ARCHS = ("llama", "phi3")
-
-
-def _build(arch: str, folder: str) -> str:
-    import transformers
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False, pad_token_id=0,
-                  bos_token_id=1, eos_token_id=2)
-    cfg, cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}[arch]
-    torch.manual_seed(0)
-    model = cls(cfg(**common)).eval()
-    with torch.no_grad():  # larger weights than the default init: activations far from constant, as a trained model's
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.15)
-    model.save_pretrained(folder)
-    return folder
-
 
 @pytest.fixture(scope="module", params=ARCHS)
 def family(request, tmp_path_factory):
     """A model folder, an input set, the float32 reference dump and a replayer of one architecture."""
     root = tmp_path_factory.mktemp(request.param)
-    folder = _build(request.param, str(root / "model"))
+    folder = build_model(str(root / "model"), request.param)
     rng = np.random.default_rng(0)
     write_input_set(str(root / "inputs.h5"),
                     [InputSample({"input_ids": rng.integers(4, 256, (1, 24))}, {})])
